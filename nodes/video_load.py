@@ -1,0 +1,111 @@
+"""STEM Load Video: a video file or a frame folder from ComfyUI's input folder -> IMAGE batch, frame
+count, fps, audio and a one-line description. All decoding lives in stem_core.video_io."""
+import folder_paths
+
+from ..stem_core.video_io import (DEFAULT_FOLDER_FPS, MAX_SIDE, SIZE_MODES, VideoLoadError, content_hash,
+                                  list_inputs, load_video, resolve_in_input_dir)
+from .compat import category, progress_bar, throw_if_interrupted
+
+
+def _resolve(video: str):
+    """Real path of `video` inside the input folder; VideoLoadError when outside or missing."""
+    input_dir = folder_paths.get_input_directory()
+    path = resolve_in_input_dir(video, input_dir)
+    if not path.exists():
+        raise VideoLoadError(
+            f"video '{video}' not found in ComfyUI's input folder {input_dir}; put the file (or frame "
+            f"folder) there, upload it, or pick another entry")
+    return path
+
+
+class STEMVideoLoad:
+    TITLE = "STEM Load Video"
+    CATEGORY = category("video")
+    DESCRIPTION = ("Loads a video file (mp4, webm, mkv, mov, avi, gif, m4v) or a folder of images from ComfyUI's "
+                   "input folder as an IMAGE batch; the size is always made a multiple of 8.")
+    RETURN_TYPES = ("IMAGE", "INT", "FLOAT", "AUDIO", "STRING")
+    RETURN_NAMES = ("IMAGE", "frame_count", "fps", "audio", "video_info")
+    OUTPUT_TOOLTIPS = (
+        "The selected frames, float32 RGB [frames, height, width, 3] in 0..1.",
+        "Number of frames in IMAGE.",
+        "Frames per second: force_rate when set, else the source rate "
+        f"({DEFAULT_FOLDER_FPS:g} for a frame folder).",
+        "The audio track {waveform [1, channels, samples], sample_rate}, trimmed to the selected frames; "
+        "None when the file has no audio (frame folders never have any).",
+        "A short human-readable description of what was loaded.",
+    )
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        # Upload: "video_upload" is the flag current ComfyUI frontends read to put an upload button and a
+        # video preview on a combo (uploads go through /upload/image into the input folder). The pinned
+        # 2024-03 frontend only adds its IMAGEUPLOAD button to an input literally named "image" and accepts
+        # only image files there, so on that host copy files (or frame folders) into the input folder,
+        # or POST them to /upload/image (the server stores any file), then refresh the list.
+        videos = list_inputs(folder_paths.get_input_directory())
+        return {
+            "required": {
+                "video": (videos, {"video_upload": True, "tooltip":
+                          "A video file or a folder of images (00000.png, 00001.png, ...) inside ComfyUI's "
+                          "input folder. Frame folders have no timing: fps is "
+                          f"{DEFAULT_FOLDER_FPS:g}, or force_rate when set."}),
+                "force_rate": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 240.0, "step": 1.0, "tooltip":
+                               "0 keeps the source frame rate. Otherwise frames are dropped or repeated to "
+                               "this rate (frames per second); for a frame folder it only sets fps."}),
+                "custom_width": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 8, "tooltip":
+                                 "0 keeps the width. If only one of width/height is set the other keeps the "
+                                 "aspect ratio. The result is rounded to a multiple of 8 (see size_mode)."}),
+                "custom_height": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 8, "tooltip":
+                                  "0 keeps the height. If only one of width/height is set the other keeps the "
+                                  "aspect ratio. The result is rounded to a multiple of 8 (see size_mode)."}),
+                "frame_load_cap": ("INT", {"default": 0, "min": 0, "max": 100000, "step": 1, "tooltip":
+                                   "Load at most this many frames (0 = all). Decoding stops once reached."}),
+                "skip_first_frames": ("INT", {"default": 0, "min": 0, "max": 1000000, "step": 1, "tooltip":
+                                      "Skip this many frames at the start (counted after force_rate)."}),
+                "select_every_nth": ("INT", {"default": 1, "min": 1, "max": 1000, "step": 1, "tooltip":
+                                     "Keep every n-th frame after the skipped ones (1 = every frame). "
+                                     "Does not change fps."}),
+                "size_mode": (list(SIZE_MODES), {"default": "resize", "tooltip":
+                              "How a size that is not a multiple of 8 is fixed. resize: scale to the nearest "
+                              "multiple of 8 (718 -> 720). crop: cut the borders down to the multiple of 8 "
+                              "below (718 -> 712), scaling first only when a custom size is set."}),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, video):
+        # Taking `video` here also makes the server skip its own "value not in list" check, so a file
+        # uploaded after the list was built is accepted; everything outside the input folder is refused.
+        try:
+            _resolve(video)
+        except VideoLoadError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, video, **kwargs):
+        # Changing the file on disk re-runs the node; re-queueing identical content is served from cache.
+        try:
+            return content_hash(_resolve(video))
+        except (VideoLoadError, OSError) as exc:
+            return f"unavailable: {exc}"
+
+    def load(self, video, force_rate=0.0, custom_width=0, custom_height=0, frame_load_cap=0,
+             skip_first_frames=0, select_every_nth=1, size_mode="resize"):
+        path = _resolve(video)
+        state = {}
+
+        def on_frame(done, expected):
+            throw_if_interrupted()
+            if "bar" not in state:
+                state["bar"] = progress_bar(max(int(expected), 1))
+            state["bar"].update(1)
+
+        clip = load_video(path, force_rate=force_rate, custom_width=custom_width, custom_height=custom_height,
+                          frame_load_cap=frame_load_cap, skip_first_frames=skip_first_frames,
+                          select_every_nth=select_every_nth, size_mode=size_mode, on_frame=on_frame, name=video)
+        return (clip.frames, clip.frame_count, clip.fps, clip.audio, clip.describe())
+
+
+NODE_CLASS_MAPPINGS = {"STEMVideoLoad": STEMVideoLoad}

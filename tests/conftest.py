@@ -1,0 +1,16 @@
+"""Shared test settings: where the shared clips and the ComfyUI host live."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_VIDEOS = (REPO.parent / "shared" / "data" / "videos").resolve()
+COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR", REPO / ".host" / "ComfyUI")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_videos() -> Path:
+    if not (SHARED_VIDEOS / "wolf.mp4").exists():
+        pytest.fail(f"shared clips not found at {SHARED_VIDEOS}; clone the project with ../shared beside it")
+    return SHARED_VIDEOS
