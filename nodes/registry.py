@@ -2,7 +2,8 @@
 import importlib
 import logging
 
-_FEATURE_MODULES = ["video_load", "stem_patch", "stem_invert", "metrics_node", "save_video", "tiny_model"]
+_FEATURE_MODULES = ["video_load", "stem_patch", "stem_invert", "metrics_node", "save_video", "tiny_model",
+                    "tokenflow_edit", "fatezero_edit"]
 
 NODE_CLASS_MAPPINGS = {}
 for _name in _FEATURE_MODULES:

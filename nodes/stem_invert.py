@@ -91,15 +91,34 @@ class _StepReporter:
         self.bar.update(1)
 
 
+def _inversion_hooks(model):
+    """Patch objects on the clone that want to see the inversion (e.g. an attention store).
+
+    Protocol: `begin_inversion(frames, sigmas)` before sampling, `finish_inversion(trajectory)` after.
+    """
+    topts = model.model_options.get("transformer_options", {})
+    found = []
+    for group in topts.get("patches", {}).values():
+        found.extend(group)
+    for group in topts.get("patches_replace", {}).values():
+        found.extend(group.values())
+    unique = {id(p): p for p in found if hasattr(p, "begin_inversion") or hasattr(p, "finish_inversion")}
+    return list(unique.values())
+
+
 def invert_video(model, samples, conditioning, steps):
     """-> (inverted unscaled latent [F,4,h,w], InversionTrajectory)."""
     frames = samples.shape[0]
     m, patch = prepare_video_model(model, frames)
+    hooks = _inversion_hooks(m)
     sampling_sigmas = calculate_sigmas(m, "ddim_uniform", steps)
     start = float(model_sampling(m).sigma_min)
     sigmas = inversion_sigmas(sampling_sigmas, start)
     recorded = {}
     report = _StepReporter(steps)
+    for hook in hooks:
+        if hasattr(hook, "begin_inversion"):
+            hook.begin_inversion(frames, sigmas)
 
     def sampler(model_k, x, sigmas_in, extra_args=None, callback=None, disable=None):
         extra_args = extra_args or {}
@@ -117,6 +136,9 @@ def invert_video(model, samples, conditioning, steps):
         latents=recorded["latents"], inversion_sigmas=sigmas.cpu(), sampling_sigmas=sampling_sigmas.cpu(),
         latent_scale=latent_scale(m), context=settings.get("context", "per_frame"), settings=settings,
         source_conditioning=conditioning)
+    for hook in hooks:
+        if hasattr(hook, "finish_inversion"):
+            hook.finish_inversion(traj)
     return out, traj
 
 

@@ -1,0 +1,77 @@
+"""STEMVideoMetrics: PSNR/SSIM of a result against the source video, and warp error (temporal
+consistency measured with the SOURCE video's optical flow). Shown in the UI, returned as STRING,
+and saved as JSON + a per-frame curve PNG in ComfyUI's output folder."""
+import json
+import os
+
+import folder_paths
+
+from ..stem_core.metrics import (FLOW_METHODS, flow_method_name, format_report, plot_curves_png, psnr_per_frame,
+                                 report_json, ssim_per_frame, warp_error_per_frame)
+from .compat import category, throw_if_interrupted
+
+
+def _next_prefix_path(prefix: str):
+    out_dir = folder_paths.get_output_directory()
+    full_folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, out_dir)
+    os.makedirs(full_folder, exist_ok=True)
+    return full_folder, f"{filename}_{counter:05}", subfolder
+
+
+def compute_metrics(source, result, warp_error: bool, flow_method: str):
+    """-> (per-frame dict, flow name or None). IMAGE tensors [N, H, W, 3]."""
+    per_frame = {"psnr": psnr_per_frame(result, source, a_name="result", b_name="source"),
+                 "ssim": ssim_per_frame(result, source, a_name="result", b_name="source")}
+    flow_name = None
+    if warp_error and result.shape[0] > 1:
+        throw_if_interrupted()
+        per_frame["warp_error"], flow_name = warp_error_per_frame(result, source, method=flow_method)
+    return per_frame, flow_name
+
+
+class STEMVideoMetrics:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "source": ("IMAGE", {"tooltip": "The source video frames (STEM Load Video)."}),
+            "result": ("IMAGE", {"tooltip": "The reconstruction or edit, same frame count and size."}),
+            "warp_error": ("BOOLEAN", {"default": True, "tooltip":
+                "Also measure temporal consistency: MSE between each result frame and the previous one warped "
+                "by the source video's optical flow (paper Table 2, shown x1e-3)."}),
+            "flow_method": (list(FLOW_METHODS), {"default": "dis", "tooltip":
+                "OpenCV optical flow for the warp error (the paper uses RAFT; numbers differ between flows)."}),
+            "label": ("STRING", {"default": "reconstruction", "tooltip": "A name for this result in the report."}),
+            "filename_prefix": ("STRING", {"default": "STEM/metrics", "tooltip":
+                "Where the JSON report and the per-frame curve PNG go, inside ComfyUI's output folder."}),
+        }, "optional": {
+            "notice": ("STRING", {"forceInput": True, "tooltip":
+                "Text to print at the top of the report (e.g. the tiny test model's notice)."}),
+        }}
+
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("report",)
+    OUTPUT_TOOLTIPS = ("The report as text: means, minima, maxima and a per-frame table.",)
+    FUNCTION = "measure"
+    OUTPUT_NODE = True
+    CATEGORY = category("metrics")
+    TITLE = "STEM Video Metrics (PSNR / SSIM / warp error)"
+    DESCRIPTION = "Per-frame PSNR and SSIM against the source and the flow-warped temporal error, with a curve."
+
+    def measure(self, source, result, warp_error, flow_method, label, filename_prefix, notice=None):
+        per_frame, flow_name = compute_metrics(source, result, warp_error, flow_method)
+        notes = [notice] if notice else None
+        text = format_report(per_frame, flow_name=flow_name, title=f"STEM video metrics: {label}", notes=notes)
+        folder, base, subfolder = _next_prefix_path(filename_prefix)
+        data = report_json(per_frame, flow_name=flow_name, meta={"label": label, "notice": notice or "",
+                                                                  "flow_method": flow_method_name(flow_method)})
+        with open(os.path.join(folder, base + ".json"), "w") as f:
+            json.dump(data, f, indent=1)
+        curves = {k: [float(x) for x in v] for k, v in per_frame.items()}
+        plot_curves_png(curves, os.path.join(folder, base + ".png"), title=f"{label}: per-frame metrics")
+        files = [{"filename": base + ".png", "subfolder": subfolder, "type": "output"}]
+        return {"ui": {"text": [text], "images": files,
+                       "reports": [{"filename": base + ".json", "subfolder": subfolder, "type": "output"}]},
+                "result": (text,)}
+
+
+NODE_CLASS_MAPPINGS = {"STEMVideoMetrics": STEMVideoMetrics}

@@ -1,0 +1,769 @@
+"""FateZero attention fusion (Qi et al., ICCV 2023) on top of STEM inversion: pure PyTorch.
+
+What lives here (no ComfyUI import; the callables only read plain ``extra_options`` dict entries):
+- :class:`AttentionStore`: the source's attention probabilities of every inversion step, on the CPU or
+  spilled to a folder, with ``nbytes()`` and ``free()``.
+- :class:`AttentionRecorder`: the patches that fill a store while STEMInvert runs (attn1_patch +
+  attn1_replace + attn2_replace), driven by the ``begin_inversion`` / ``finish_inversion`` seam.
+- Word alignment of source and target token ids (:func:`align_prompts`), cross-attention replace /
+  refine and per-word reweighting (:func:`fuse_cross`), self-attention replacement (:func:`fuse_self`),
+  the blend mask (:func:`blend_mask`) and the step windows.
+- :class:`FusionPatches`: the patches of the editing branch that read the store.
+
+Step convention (all fractions count DENOISING steps from the noisiest one):
+- Editing step ``j`` (0 = the first, noisiest step at sigma_max; ``steps - 1`` the last) runs from
+  ``sampling_sigmas[j]`` to ``sampling_sigmas[j + 1]``. It reads the store of inversion step
+  ``steps - 1 - j``, the inversion step that crossed the same sigma interval in the other direction
+  (FateZero reads its store in the same reverse order).
+- A fraction ``f`` fuses the steps ``j < floor(f * steps)``, i.e. DDIM timesteps t in [(1 - f) T, T].
+  The STEM paper (supplement D) fuses cross-attention over t in [0.2T, T] and self-attention over
+  [0.5T, T]: ``cross_replace_steps = 0.8`` and ``self_replace_steps = 0.5`` (FateZero's own configs use
+  0.5-0.8 and 0.6-0.9). 0 disables a fusion, 1 fuses every step.
+- Optional latent blending (FateZero's LocalBlend) runs after step j when
+  ``floor(0.2 * steps) < j + 1 < floor(0.8 * steps)``.
+
+Self-attention correspondence under STEM-SA (the stored maps are [HW, K], not [HW, HW]):
+a stored map ``P_src[n, h, i, k]`` says how much query token i of frame n attended to source basis k.
+Basis k is the set of video tokens that the source's EM assigned to it (responsibilities ``Z_src``,
+recorded with the map). In the editing branch the bases are rebuilt from the TARGET features with
+those SOURCE responsibilities, ``mu_tgt[k] = sum_m Z_src[m, k] x_tgt[m] / sum_m Z_src[m, k]`` (the M-step
+with the source's E-step), so basis k covers the same region in both branches and ``P_src`` applied
+to ``mu_tgt W_V`` mixes the target's appearance with the source's layout -- exactly what FateZero's
+``P_src V_tgt`` does per token. With K = all tokens and tau -> 0 (Z = identity) it IS FateZero's
+all-frame self-attention replacement. Reusing the stored source bases instead would make
+``P_src mu_src W_V`` the source's own output and copy the source's appearance into the edit.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import uuid
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import attention as attn
+from .em import e_step, m_step
+from .patch import SD15_ATTN1_SITES, PatchError, parse_layers, site_name
+
+# Sites whose token grid is at most 32x32 at 512x512 px: FateZero stores and fuses only these
+# (its 64x64 layers are skipped for memory).
+FATEZERO_SITES = (("input", 4), ("input", 5), ("input", 7), ("input", 8), ("middle", 0),
+                  ("output", 3), ("output", 4), ("output", 5), ("output", 6), ("output", 7), ("output", 8))
+# Sites at 16x16 tokens at 512 px: FateZero's blend mask averages their cross-attention.
+BLEND_SITES = (("input", 7), ("input", 8), ("output", 3), ("output", 4), ("output", 5))
+MAX_TOKENS = 77
+LATENT_BLEND_WINDOW = (0.2, 0.8)
+STORE_DTYPE = torch.float16
+KINDS = ("cross", "self", "resp")
+
+
+class FateZeroError(ValueError):
+    """A bad setting or input of FateZero editing, with a message saying how to fix it."""
+
+
+def parse_store_layers(spec: str) -> tuple:
+    """'fatezero' (default: <= 32x32 tokens at 512 px) | 'all' | 'encoder' | ... | 'input_4, output_6'."""
+    parts = [p.strip().lower() for p in str(spec).replace(";", ",").split(",") if p.strip()]
+    chosen = set()
+    rest = []
+    for p in parts:
+        if p == "fatezero":
+            chosen.update(FATEZERO_SITES)
+        else:
+            rest.append(p)
+    if rest:
+        try:
+            chosen.update(parse_layers(",".join(rest)))
+        except PatchError as exc:
+            raise FateZeroError(f"{exc} (or 'fatezero' for the layers FateZero stores)") from None
+    if not chosen:
+        raise FateZeroError("layers: no layer selected; 'fatezero' stores the layers with <= 32x32 tokens at 512 px")
+    return tuple(s for s in SD15_ATTN1_SITES if s in chosen)
+
+
+# ------------------------------------------------------------------------------------------------
+# step windows
+
+
+def fused_steps(fraction: float, steps: int) -> int:
+    """Number of leading (noisiest) editing steps fused for a fraction in [0, 1]."""
+    if not (0.0 <= float(fraction) <= 1.0):
+        raise FateZeroError(f"a replace-steps fraction must be in [0, 1], got {fraction}")
+    return int(math.floor(float(fraction) * int(steps) + 1e-6))
+
+
+def store_step(edit_step: int, steps: int) -> int:
+    """The inversion step whose maps editing step ``edit_step`` reads (reverse order)."""
+    return int(steps) - 1 - int(edit_step)
+
+
+def latent_blend_active(edit_step: int, steps: int) -> bool:
+    lo, hi = (int(math.floor(f * steps + 1e-6)) for f in LATENT_BLEND_WINDOW)
+    return lo < edit_step + 1 < hi
+
+
+# ------------------------------------------------------------------------------------------------
+# the store
+
+
+class AttentionStore:
+    """Attention probabilities of one inversion, keyed by (step, kind, site).
+
+    kinds: "cross" [frames, heads, HW, 77]; "self" [frames, heads, HW, Lk] (Lk = K under STEM-SA,
+    HW per frame, 2 HW two-frame, frames*HW all-frame); "resp" [frames*HW, K] (the source's EM
+    responsibilities under STEM-SA). Kept as float16 on the CPU, or saved one file per entry in
+    ``folder`` (deleted by :meth:`free` or when the store is garbage-collected).
+    """
+
+    def __init__(self, steps: int, frames: int, folder: str | None = None, info: dict | None = None):
+        self.steps = int(steps)
+        self.frames = int(frames)
+        self.info = dict(info or {})
+        self._mem = {}
+        self._files = {}
+        self._bytes = {}
+        self._shapes = {}
+        self.freed = False
+        self.folder = None
+        if folder is not None:
+            os.makedirs(folder, exist_ok=True)
+            self.folder = tempfile.mkdtemp(prefix="stem_attention_", dir=folder)
+            self._finalizer = weakref.finalize(self, shutil.rmtree, self.folder, True)
+
+    def put(self, step: int, kind: str, site, tensor: torch.Tensor):
+        if self.freed:
+            raise FateZeroError("the attention store was already freed")
+        key = (int(step), kind, tuple(site))
+        t = tensor.detach().to("cpu", STORE_DTYPE).contiguous()
+        self._bytes[key] = t.numel() * t.element_size()
+        self._shapes[key] = tuple(t.shape)
+        if self.folder is not None:
+            path = os.path.join(self.folder, f"{key[0]:04d}_{kind}_{site_name(site)}.pt")
+            torch.save(t, path)
+            self._files[key] = path
+        else:
+            self._mem[key] = t
+
+    def has(self, step, kind, site) -> bool:
+        return (int(step), kind, tuple(site)) in self._bytes
+
+    def get(self, step, kind, site, device=None, dtype=torch.float32) -> torch.Tensor:
+        if self.freed:
+            raise FateZeroError("the attention store of this trajectory was freed (release_store on a previous "
+                                "edit). Re-run STEM Invert (change one of its inputs) or turn release_store off")
+        key = (int(step), kind, tuple(site))
+        if key in self._mem:
+            t = self._mem[key]
+        elif key in self._files:
+            t = torch.load(self._files[key], map_location="cpu")
+        else:
+            raise FateZeroError(f"the attention store has no {kind} map of {site_name(site)} at inversion step {step}")
+        return t.to(device=device, dtype=dtype)
+
+    def shape(self, step, kind, site):
+        return self._shapes.get((int(step), kind, tuple(site)))
+
+    def sites(self, kind: str) -> tuple:
+        found = {k[2] for k in self._bytes if k[1] == kind}
+        return tuple(s for s in SD15_ATTN1_SITES if s in found)
+
+    def nbytes(self, kind: str | None = None) -> int:
+        """Bytes of the stored maps (payload, whether in RAM or in the folder)."""
+        return sum(b for k, b in self._bytes.items() if kind is None or k[1] == kind)
+
+    def complete(self) -> list:
+        """Names of (kind, site) pairs that miss some step (empty when every step was recorded)."""
+        missing = []
+        for kind in KINDS:
+            for site in self.sites(kind):
+                if any(not self.has(s, kind, site) for s in range(self.steps)):
+                    missing.append(f"{kind}:{site_name(site)}")
+        return missing
+
+    def free(self):
+        self._mem.clear()
+        self._files.clear()
+        self.freed = True
+        if self.folder is not None:
+            self._finalizer()
+
+    def describe(self) -> str:
+        where = f"folder {self.folder}" if self.folder else "CPU RAM"
+        return (f"attention store: {self.nbytes()} bytes ({self.nbytes() / 2**20:.1f} MiB; self "
+                f"{self.nbytes('self')}, cross {self.nbytes('cross')}, resp {self.nbytes('resp')}) in {where}, "
+                f"{self.steps} steps, {len(self.sites('cross'))} cross / {len(self.sites('self'))} self layers")
+
+
+# ------------------------------------------------------------------------------------------------
+# word alignment (token id lists without start/end tokens; positions are in the 77-token sequence,
+# where position 0 is the start token)
+
+
+def find_word(prompt_ids, word_ids) -> list:
+    """Positions (1-based, after the start token) of every occurrence of word_ids in prompt_ids."""
+    prompt_ids, word_ids = list(prompt_ids), list(word_ids)
+    n = len(word_ids)
+    if n == 0:
+        return []
+    out = []
+    for i in range(len(prompt_ids) - n + 1):
+        if prompt_ids[i:i + n] == word_ids:
+            out.extend(range(1 + i, 1 + i + n))
+    return out
+
+
+@dataclass
+class Alignment:
+    """mapper[j]: the source position whose map target position j takes; alphas[j] 1 where it does."""
+    mode: str              # "replace" (same token count) or "refine"
+    mapper: torch.Tensor   # long [length]
+    alphas: torch.Tensor   # float [length]
+
+
+def _lcs_pairs(a, b):
+    """Index pairs (i, j) of a longest common subsequence of a and b (deterministic)."""
+    n, m = len(a), len(b)
+    table = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            table[i][j] = table[i + 1][j + 1] + 1 if a[i] == b[j] else max(table[i + 1][j], table[i][j + 1])
+    pairs, i, j = [], 0, 0
+    while i < n and j < m:
+        if a[i] == b[j]:
+            pairs.append((i, j))
+            i, j = i + 1, j + 1
+        elif table[i + 1][j] >= table[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    return pairs
+
+
+def align_prompts(source_ids, target_ids, length: int = MAX_TOKENS) -> Alignment:
+    """Word alignment of FateZero / prompt-to-prompt.
+
+    Same token count: "replace", the identity (target token j takes source token j's map, so a swapped
+    word inherits the old word's layout). Otherwise "refine": tokens common to both prompts (a longest
+    common subsequence) take the source's map, new target tokens keep their own (alpha 0). The start
+    token and the end/padding tokens always map onto the source's (alpha 1).
+    """
+    src, tgt = list(source_ids), list(target_ids)
+    if len(src) + 2 > length or len(tgt) + 2 > length:
+        raise FateZeroError(f"prompts must fit in {length - 2} tokens (source {len(src)}, target {len(tgt)})")
+    if len(src) == len(tgt):
+        return Alignment("replace", torch.arange(length), torch.ones(length))
+    mapper = torch.zeros(length, dtype=torch.long)
+    alphas = torch.zeros(length)
+    mapper[0], alphas[0] = 0, 1.0
+    for i, j in _lcs_pairs(src, tgt):
+        mapper[1 + j], alphas[1 + j] = 1 + i, 1.0
+    for j in range(1 + len(tgt), length):  # end token and padding
+        mapper[j] = min(length - 1, 1 + len(src) + (j - 1 - len(tgt)))
+        alphas[j] = 1.0
+    return Alignment("refine", mapper, alphas)
+
+
+def parse_reweight(text: str) -> list:
+    """'word:2.0, other words:0.5' -> [('word', 2.0), ('other words', 0.5)]."""
+    out = []
+    for part in str(text or "").replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if ":" not in part:
+            raise FateZeroError(f"reweight: '{part}' needs the form word:weight, e.g. 'red:2.0'")
+        word, _, value = part.rpartition(":")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise FateZeroError(f"reweight: '{value}' in '{part}' is not a number") from None
+        if not word.strip() or not math.isfinite(weight) or weight < 0:
+            raise FateZeroError(f"reweight: '{part}' needs a word and a finite weight >= 0")
+        out.append((word.strip(), weight))
+    return out
+
+
+def parse_words(text: str) -> list:
+    """'red car, hat' -> ['red car', 'hat'] (comma separated; a phrase is located as a whole)."""
+    return [w.strip() for w in str(text or "").replace(";", ",").split(",") if w.strip()]
+
+
+def equalizer(position_weights, length: int = MAX_TOKENS) -> torch.Tensor | None:
+    """{position: weight} -> [length] multiplier of the target's cross-attention maps (None if empty)."""
+    if not position_weights:
+        return None
+    eq = torch.ones(length)
+    for pos, w in position_weights.items():
+        eq[pos] = w
+    return eq
+
+
+# ------------------------------------------------------------------------------------------------
+# fusion maths
+
+
+def fuse_cross(p_src: torch.Tensor, p_tgt: torch.Tensor, alignment: Alignment, alpha: float,
+               eq: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-attention fusion of one step. p_src, p_tgt [..., 77] -> [..., 77].
+
+    alpha 1 (inside the cross window): target position j reads the source's map at mapper[j] where
+    alphas[j] = 1, its own map elsewhere; alpha 0: the target's own maps. eq multiplies afterwards
+    (reweighting, p2p's equalizer) at every step.
+    """
+    out = p_tgt
+    if alpha > 0:
+        mapped = p_src.index_select(-1, alignment.mapper.to(p_src.device))
+        a = alignment.alphas.to(p_tgt.device, p_tgt.dtype)
+        replaced = mapped * a + p_tgt * (1 - a)
+        out = replaced * alpha + p_tgt * (1 - alpha)
+    if eq is not None:
+        out = out * eq.to(out.device, out.dtype)
+    return out
+
+
+def fuse_self(p_src: torch.Tensor, p_tgt: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Self-attention replacement: p [frames, heads, HW, Lk]; mask [frames, HW] (1 = edited region keeps
+    the target's own map) or None (the source's map everywhere)."""
+    if p_src.shape != p_tgt.shape:
+        raise FateZeroError(f"stored self-attention {tuple(p_src.shape)} does not match the edit's "
+                            f"{tuple(p_tgt.shape)}")
+    if mask is None:
+        return p_src
+    m = mask.to(p_tgt.device, p_tgt.dtype)[:, None, :, None]
+    return m * p_tgt + (1 - m) * p_src
+
+
+def bases_from_responsibilities(x: torch.Tensor, z: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """mu_tgt = M-step of the target tokens x [G, M, C] with the source's responsibilities z [G, M, K];
+    a basis that owns no token keeps ``fallback`` [G, K, C] (the target's own EM basis)."""
+    return m_step(x, z.to(x.dtype if x.dtype == torch.float64 else torch.float32), fallback)
+
+
+def layer_hw(tokens: int, latent_hw) -> tuple:
+    """Token grid (h, w) of a layer with ``tokens`` tokens for a latent of size latent_hw."""
+    h, w = int(latent_hw[0]), int(latent_hw[1])
+    f = 1
+    while f <= max(h, w):
+        lh, lw = -(-h // f), -(-w // f)
+        if lh * lw == tokens:
+            return lh, lw
+        f *= 2
+    side = int(round(math.sqrt(tokens)))
+    if side * side == tokens:
+        return side, side
+    raise FateZeroError(f"cannot place {tokens} tokens on the grid of a {h}x{w} latent")
+
+
+def word_attention(maps, positions, latent_hw) -> torch.Tensor:
+    """Mean over heads and layers of the summed cross-attention of ``positions``.
+
+    maps: list of [frames, heads, HW_l, 77] (one per layer, resolutions may differ) -> [frames, h, w] at
+    the finest layer's grid (coarser layers are resized bilinearly)."""
+    if not maps:
+        raise FateZeroError("no cross-attention maps to build the blend mask from")
+    idx = torch.as_tensor(list(positions), dtype=torch.long)
+    grids = []
+    for p in maps:
+        hw = layer_hw(p.shape[2], latent_hw)
+        g = p.float().index_select(-1, idx.to(p.device)).sum(-1).mean(1)  # [frames, HW]
+        grids.append(g.reshape(p.shape[0], 1, *hw))
+    size = max((g.shape[-2:] for g in grids), key=lambda s: s[0] * s[1])
+    grids = [g if tuple(g.shape[-2:]) == tuple(size) else F.interpolate(g, size=tuple(size), mode="bilinear",
+                                                                        align_corners=False) for g in grids]
+    return torch.stack(grids).mean(0)[:, 0]
+
+
+def normalised_blend_map(word_maps: torch.Tensor, size) -> torch.Tensor:
+    """[frames, h, w] -> [frames, H, W] in [0, 1]: 3x3 max-pool, nearest resize, divide by each frame's max."""
+    m = F.max_pool2d(word_maps[:, None].float(), kernel_size=3, stride=1, padding=1)
+    m = F.interpolate(m, size=tuple(int(s) for s in size), mode="nearest")[:, 0]
+    peak = m.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    return m / peak
+
+
+def blend_mask(word_maps: torch.Tensor, size, threshold: float) -> torch.Tensor:
+    """FateZero's blend mask [frames, H, W] (1 = edited region): normalised map > threshold."""
+    return (normalised_blend_map(word_maps, size) > float(threshold)).float()
+
+
+# ------------------------------------------------------------------------------------------------
+# batch helpers shared by recorder and editor
+
+
+def _groups_frames(batch: int, extra_options) -> tuple:
+    cond_or_uncond = list(extra_options.get("cond_or_uncond", [0]))
+    groups = max(1, len(cond_or_uncond))
+    if batch % groups:
+        raise FateZeroError(f"batch {batch} is not divisible by {groups} conditioning groups")
+    frames = batch // groups
+    expected = extra_options.get("stem_video_frames")
+    if expected is not None and frames != int(expected):
+        raise FateZeroError(f"the UNet saw {frames} frames in one call but the video has {expected}; FateZero "
+                            f"editing needs every frame in one batch")
+    return cond_or_uncond, frames
+
+
+def _site_of(extra_options):
+    block = extra_options.get("block")
+    return None if block is None else (block[0], int(block[1]))
+
+
+def _sigma_of(extra_options):
+    s = extra_options.get("sigmas")
+    if s is None:
+        return None
+    return float(s.reshape(-1)[0]) if torch.is_tensor(s) else float(s)
+
+
+def _nearest_step(sigma, sigmas) -> int | None:
+    if sigma is None or sigmas is None or len(sigmas) == 0:
+        return None
+    d = (sigmas.double() - sigma).abs()
+    i = int(torch.argmin(d))
+    return i if float(d[i]) <= 1e-3 * max(1.0, abs(sigma)) else None
+
+
+def expand_context(k: torch.Tensor, frames: int, context: str) -> torch.Tensor:
+    """Keys/values each frame attends to under a self-attention context (k [B, L, D] projected)."""
+    if context == "two_frame":
+        return attn.two_frame_context(k, frames)
+    if context == "all_frame":
+        b, l, d = k.shape
+        g = b // frames
+        return k.reshape(g, 1, frames * l, d).expand(g, frames, frames * l, d).reshape(b, frames * l, d)
+    return k
+
+
+def _probs(q, k, heads):
+    qh = q.reshape(q.shape[0], q.shape[1], heads, -1).transpose(1, 2).float()
+    kh = k.reshape(k.shape[0], k.shape[1], heads, -1).transpose(1, 2).float()
+    return torch.matmul(qh, kh.transpose(-1, -2)).mul_(1.0 / math.sqrt(qh.shape[-1])).softmax(-1)
+
+
+def _apply_probs(p, v, heads):
+    vh = v.reshape(v.shape[0], v.shape[1], heads, -1).transpose(1, 2).float()
+    out = torch.matmul(p.float(), vh)
+    return out.transpose(1, 2).reshape(v.shape[0], p.shape[2], -1).to(v.dtype)
+
+
+def _rows(group_index: int, frames: int):
+    return slice(group_index * frames, (group_index + 1) * frames)
+
+
+# ------------------------------------------------------------------------------------------------
+# recording during inversion
+
+
+class AttentionRecorder:
+    """attn1_patch of a model clone that records an :class:`AttentionStore` while STEMInvert runs.
+
+    Inert (plain pass-through attention) outside ``begin_inversion`` .. ``finish_inversion``. Its
+    ``self_replace``/``cross_replace`` objects are the attn1/attn2 replaces of the recorded sites.
+    ``contexts`` maps a site to the self-attention context the model uses there ("stem" = paper STEM-SA,
+    "per_frame", "two_frame", "all_frame"; missing sites are "per_frame"); ``tau`` is the STEM
+    temperature (for the responsibilities); ``folder`` a folder to spill the maps into (None: CPU RAM).
+    """
+
+    def __init__(self, sites, contexts=None, tau: float = 0.05, folder: str | None = None):
+        self.sites = tuple(tuple(s) for s in sites)
+        self.contexts = dict(contexts or {})
+        self.tau = float(tau)
+        self.folder = folder
+        self.store = None
+        self.sigmas = None
+
+    def __deepcopy__(self, memo):  # clones get their own empty recorder (no tensors copied)
+        return AttentionRecorder(self.sites, self.contexts, self.tau, self.folder)
+
+    def context_at(self, site) -> str:
+        return self.contexts.get(tuple(site), "per_frame")
+
+    def to(self, device_or_dtype):
+        return self
+
+    # -- the inversion seam --------------------------------------------------------------------
+    def begin_inversion(self, frames, sigmas):
+        self.abort_inversion()
+        sig = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
+        self.sigmas = sig[:-1]  # the model is called at every inversion sigma but the last
+        self.store = AttentionStore(len(sig) - 1, frames, self.folder,
+                                    info={"contexts": {site_name(s): self.context_at(s) for s in self.sites},
+                                          "tau": self.tau,
+                                          "sites": [site_name(s) for s in self.sites]})
+
+    def finish_inversion(self, trajectory):
+        store, self.store, self.sigmas = self.store, None, None
+        if store is None:
+            return
+        missing = store.complete()
+        if not store.sites("cross") or not store.sites("self") or missing:
+            store.free()
+            raise FateZeroError(
+                "STEM Attention Store recorded no or incomplete maps" + (f" ({', '.join(missing[:4])})" if missing
+                                                                         else "") +
+                ". Put STEM Attention Store AFTER STEM Basis Estimate (directly before STEM Invert), and do not "
+                "patch attention between them")
+        trajectory.extras["attention_store"] = store
+        logging.info("[STEM] %s", store.describe())
+
+    def abort_inversion(self):
+        if self.store is not None:
+            self.store.free()
+        self.store, self.sigmas = None, None
+
+    @property
+    def active(self) -> bool:
+        return self.store is not None
+
+    def _step(self, extra_options):
+        return _nearest_step(_sigma_of(extra_options), self.sigmas)
+
+    # -- attn1_patch: the source's EM responsibilities (paper STEM-SA only) ----------------------
+    def __call__(self, n, context, value, extra_options):
+        site = _site_of(extra_options)
+        if not self.active or site not in self.sites or context is None or context is n:
+            return n, context, value
+        step = self._step(extra_options)
+        cond_or_uncond, frames = _groups_frames(n.shape[0], extra_options)
+        if step is None or 0 not in cond_or_uncond:
+            return n, context, value
+        r = _rows(cond_or_uncond.index(0), frames)
+        x = n[r].reshape(1, -1, n.shape[-1])
+        bases = context[r][:1]  # the STEM patch expands one group's bases to every frame
+        z = e_step(x, bases, self.tau)[0]  # [frames*HW, K]
+        self.store.put(step, "resp", site, z)
+        return n, context, value
+
+    def self_replace(self, site, wrapped=None):
+        return _RecordSelf(self, site, wrapped)
+
+    def cross_replace(self, site, wrapped=None):
+        return _RecordCross(self, site, wrapped)
+
+
+class _RecordSelf:
+    def __init__(self, recorder, site, wrapped=None):
+        self.recorder, self.site, self.wrapped = recorder, tuple(site), wrapped
+
+    def to(self, device_or_dtype):
+        return self
+
+    def __call__(self, q, k, v, extra_options):
+        rec = self.recorder
+        heads = int(extra_options["n_heads"])
+        step = rec._step(extra_options) if rec.active else None
+        cond_or_uncond, frames = _groups_frames(q.shape[0], extra_options)
+        if step is None or 0 not in cond_or_uncond:
+            if self.wrapped is not None:
+                return self.wrapped(q, k, v, extra_options)
+            return attn.attention(q, k, v, heads)
+        ctx = rec.context_at(self.site)
+        kk, vv = expand_context(k, frames, ctx), expand_context(v, frames, ctx)
+        out, probs = attn.attention_with_probs(q, kk, vv, heads)
+        rec.store.put(step, "self", self.site, probs[_rows(cond_or_uncond.index(0), frames)])
+        return out
+
+
+class _RecordCross:
+    def __init__(self, recorder, site, wrapped=None):
+        self.recorder, self.site, self.wrapped = recorder, tuple(site), wrapped
+
+    def to(self, device_or_dtype):
+        return self
+
+    def __call__(self, q, k, v, extra_options):
+        rec = self.recorder
+        heads = int(extra_options["n_heads"])
+        step = rec._step(extra_options) if rec.active else None
+        cond_or_uncond, frames = _groups_frames(q.shape[0], extra_options)
+        if step is None or 0 not in cond_or_uncond:
+            return attn.attention(q, k, v, heads)
+        out, probs = attn.attention_with_probs(q, k, v, heads)
+        rec.store.put(step, "cross", self.site, probs[_rows(cond_or_uncond.index(0), frames)])
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# fusion during editing
+
+
+@dataclass
+class FusionSettings:
+    alignment: Alignment
+    cross_steps: int                 # editing steps j < cross_steps fuse cross-attention
+    self_steps: int                  # editing steps j < self_steps fuse self-attention
+    blend_positions: tuple = ()      # source positions of the blend words (empty: no mask)
+    blend_threshold: float = 0.3
+    eq: torch.Tensor | None = None   # reweighting of the target's cross-attention
+
+
+class FusionPatches:
+    """The editing branch's patches: attn1_patch (STEM bases from the source responsibilities),
+    attn1_replace (self-attention replacement, blend-masked) and attn2_replace (cross-attention
+    replace/refine + reweight) at every stored site. Only the conditional (target) group is fused;
+    the unconditional group keeps its own attention, as in FateZero.
+
+    ``sampling_sigmas`` are the editing model-call sigmas [steps]; the step of a call is found from its
+    sigma, so the objects also work when ComfyUI copies them.
+    """
+
+    def __init__(self, store: AttentionStore, settings: FusionSettings, sampling_sigmas, latent_hw,
+                 contexts=None, blend_sites=BLEND_SITES):
+        self.store = store
+        self.settings = settings
+        self.sigmas = torch.as_tensor(sampling_sigmas, dtype=torch.float64).reshape(-1)
+        self.steps = int(store.steps)
+        self.latent_hw = tuple(int(s) for s in latent_hw)
+        self.contexts = dict(contexts or {})
+        chosen = [s for s in blend_sites if s in store.sites("cross")]
+        self.blend_sites = tuple(chosen) if chosen else store.sites("cross")
+        self._masks = {}
+        self.mask_sum = None
+        self.mask_count = 0
+
+    def to(self, device_or_dtype):
+        return self
+
+    def release(self):
+        """Drop every reference to the store and cached masks (called when the edit finishes)."""
+        self.store = None
+        self._masks.clear()
+
+    def step_of(self, extra_options):
+        return _nearest_step(_sigma_of(extra_options), self.sigmas[:self.steps])
+
+    # -- blend mask ----------------------------------------------------------------------------
+    def mask(self, edit_step: int, size, device=None) -> torch.Tensor | None:
+        """[frames, H, W] blend mask of an editing step at a resolution, or None without blend words."""
+        s = self.settings
+        if not s.blend_positions:
+            return None
+        key = (edit_step, tuple(size))
+        if key not in self._masks:
+            sj = store_step(edit_step, self.steps)
+            maps = [self.store.get(sj, "cross", site) for site in self.blend_sites]
+            words = word_attention(maps, s.blend_positions, self.latent_hw)
+            self._masks[key] = blend_mask(words, size, s.blend_threshold)
+        m = self._masks[key]
+        return m if device is None else m.to(device)
+
+    def record_output_mask(self, edit_step: int, size):
+        m = self.mask(edit_step, size)
+        if m is None:
+            return
+        self.mask_sum = m.clone() if self.mask_sum is None else self.mask_sum + m
+        self.mask_count += 1
+
+    # -- attn1_patch ---------------------------------------------------------------------------
+    def __call__(self, n, context, value, extra_options):
+        site = _site_of(extra_options)
+        if self.store is None or context is None or context is n:
+            return n, context, value
+        j = self.step_of(extra_options)
+        if j is None or j >= self.settings.self_steps:
+            return n, context, value
+        sj = store_step(j, self.steps)
+        if not self.store.has(sj, "resp", site):
+            return n, context, value
+        cond_or_uncond, frames = _groups_frames(n.shape[0], extra_options)
+        if 0 not in cond_or_uncond:
+            return n, context, value
+        r = _rows(cond_or_uncond.index(0), frames)
+        z = self.store.get(sj, "resp", site, device=n.device)
+        k = context.shape[1]
+        if z.shape != (frames * n.shape[1], k):
+            raise FateZeroError(
+                f"{site_name(site)}: the stored STEM responsibilities are {tuple(z.shape)} but the edit has "
+                f"{frames * n.shape[1]} tokens and {k} bases; use the same STEM Basis Estimate settings and video "
+                f"as the inversion")
+        x = n[r].reshape(1, -1, n.shape[-1])
+        mu = bases_from_responsibilities(x, z[None], context[r][:1].to(x.dtype))
+        context = context.clone()
+        context[r] = mu.to(context.dtype).expand(frames, k, context.shape[-1])
+        return n, context, context
+
+    # -- attn1_replace / attn2_replace factories ------------------------------------------------
+    def self_replace(self, site, wrapped=None):
+        return _FuseSelf(self, site, wrapped)
+
+    def cross_replace(self, site):
+        return _FuseCross(self, site)
+
+
+class _FuseSelf:
+    def __init__(self, fusion, site, wrapped=None):
+        self.fusion, self.site, self.wrapped = fusion, tuple(site), wrapped
+
+    def to(self, device_or_dtype):
+        return self
+
+    def _plain(self, q, k, v, extra_options, heads):
+        if self.wrapped is not None:
+            return self.wrapped(q, k, v, extra_options)
+        return attn.attention(q, k, v, heads)
+
+    def __call__(self, q, k, v, extra_options):
+        f = self.fusion
+        heads = int(extra_options["n_heads"])
+        j = f.step_of(extra_options) if f.store is not None else None
+        if j is None or j >= f.settings.self_steps:
+            return self._plain(q, k, v, extra_options, heads)
+        cond_or_uncond, frames = _groups_frames(q.shape[0], extra_options)
+        if 0 not in cond_or_uncond:
+            return self._plain(q, k, v, extra_options, heads)
+        sj = store_step(j, f.steps)
+        ctx = f.contexts.get(self.site, "per_frame")
+        kk, vv = expand_context(k, frames, ctx), expand_context(v, frames, ctx)
+        out = attn.attention(q, kk, vv, heads)
+        r = _rows(cond_or_uncond.index(0), frames)
+        p_tgt = _probs(q[r], kk[r], heads)
+        p_src = f.store.get(sj, "self", self.site, device=q.device)
+        if p_src.shape != p_tgt.shape:
+            raise FateZeroError(
+                f"{site_name(self.site)}: the stored self-attention maps are {tuple(p_src.shape)} but the edit's "
+                f"are {tuple(p_tgt.shape)}; edit with the same model / STEM Basis Estimate settings as the "
+                f"inversion")
+        hw = layer_hw(q.shape[1], f.latent_hw)
+        mask = f.mask(j, hw, device=q.device)
+        p = fuse_self(p_src, p_tgt, None if mask is None else mask.reshape(frames, -1))
+        out = out.clone()
+        out[r] = _apply_probs(p, vv[r], heads).to(out.dtype)
+        return out
+
+
+class _FuseCross:
+    def __init__(self, fusion, site):
+        self.fusion, self.site = fusion, tuple(site)
+
+    def to(self, device_or_dtype):
+        return self
+
+    def __call__(self, q, k, v, extra_options):
+        f = self.fusion
+        heads = int(extra_options["n_heads"])
+        j = f.step_of(extra_options) if f.store is not None else None
+        s = f.settings if f.store is not None else None
+        if j is None or (j >= s.cross_steps and s.eq is None):
+            return attn.attention(q, k, v, heads)
+        cond_or_uncond, frames = _groups_frames(q.shape[0], extra_options)
+        if 0 not in cond_or_uncond:
+            return attn.attention(q, k, v, heads)
+        r = _rows(cond_or_uncond.index(0), frames)
+        out = attn.attention(q, k, v, heads).clone()
+        p_tgt = _probs(q[r], k[r], heads)
+        if p_tgt.shape[-1] != s.alignment.mapper.shape[0]:
+            raise FateZeroError(f"the target conditioning has {p_tgt.shape[-1]} tokens; FateZero editing supports "
+                                f"one {MAX_TOKENS}-token chunk (prompts up to 75 tokens)")
+        if j < s.cross_steps:
+            p_src = f.store.get(store_step(j, f.steps), "cross", self.site, device=q.device)
+            p = fuse_cross(p_src, p_tgt, s.alignment, 1.0, s.eq)
+        else:
+            p = fuse_cross(p_tgt, p_tgt, s.alignment, 0.0, s.eq)
+        out[r] = _apply_probs(p, v[r], heads).to(out.dtype)
+        return out

@@ -1,0 +1,49 @@
+"""A real ComfyUI server subprocess (pinned host or COMFYUI_DIR) with the pack, on a free
+127.0.0.1 port, driven over HTTP and the websocket by scripts/run_workflow.py."""
+import json
+import shutil
+import sys
+
+import pytest
+
+from tests.conftest import COMFYUI_DIR, REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+import run_workflow as rw  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """The running server handle (.address); its input folder gets the test clips."""
+    if not (COMFYUI_DIR / "main.py").exists():
+        pytest.fail(f"no ComfyUI at {COMFYUI_DIR}; run `make setup` or set COMFYUI_DIR")
+    log = tmp_path_factory.mktemp("server") / "comfyui.log"
+    with rw.start_server(str(COMFYUI_DIR), python=sys.executable, port=0, cpu=True, log_path=str(log),
+                         log=None) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def server_input(server, shared_videos):
+    """Puts shared clips into the server's input folder (tests only read them from ../shared)."""
+    input_dir = COMFYUI_DIR / "input"
+    input_dir.mkdir(exist_ok=True)
+
+    def put(name):
+        src, dst = shared_videos / name, input_dir / name
+        if not dst.exists():
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+        return name
+    return put
+
+
+def load_api(name):
+    return json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
+
+
+@pytest.fixture
+def run(server):
+    """run(workflow, out_dir=None, timeout=600) -> queue_and_wait result."""
+    def go(workflow, out_dir=None, timeout=600):
+        return rw.queue_and_wait(server, workflow, timeout=timeout, out_dir=out_dir, log=None)
+    return go
