@@ -15,7 +15,7 @@ from ..stem_core.fatezero import (AttentionRecorder, AttentionStore, FateZeroErr
 from ..stem_core.patch import site_name
 from ..stem_core.trajectory import InversionTrajectory
 from .compat import category, progress_bar, sample_with_function, throw_if_interrupted
-from .stem_invert import (MAX_STEPS, TRAJECTORY, _check_same_schedule, check_steps, prepare_video_model,
+from .stem_invert import (MAX_STEPS, TRAJECTORY, check_same_schedule, check_steps, prepare_video_model,
                           run_guarded)
 from .stem_patch import find_stem_patch
 
@@ -169,7 +169,7 @@ def edit_video(model, trajectory, store, settings: FusionSettings, positive, neg
     """-> (edited unscaled latent [F,4,h,w], mean blend mask [F,8h,8w] or None)."""
     frames, steps = trajectory.frames, trajectory.steps
     m, _ = prepare_video_model(model, frames)
-    _check_same_schedule(m, trajectory)
+    check_same_schedule(m, trajectory)
     topts = _strip_pack_patches(m)
     sites_self, sites_cross = store.sites("self"), store.sites("cross")
     contexts, patch = _site_contexts(m, sites_self)
@@ -177,8 +177,8 @@ def edit_video(model, trajectory, store, settings: FusionSettings, positive, neg
     for site in sites_self:
         was = recorded.get(site_name(site), contexts[site])
         if was != contexts[site]:
-            raise FateZeroError(f"{site_name(site)} used {was} self-attention for the inversion but the edit model uses "
-                                f"{contexts[site]}; connect the same STEM Basis Estimate model as the inversion")
+            raise FateZeroError(f"{site_name(site)} used {was} self-attention for the inversion but the edit model "
+                                f"uses {contexts[site]}; connect the same STEM Basis Estimate model as the inversion")
     for site in sites_cross:
         if _existing_replace(topts, "attn2", site) is not None:
             raise FateZeroError(f"another node replaces cross-attention at {site_name(site)}; FateZero needs it")
@@ -292,9 +292,10 @@ class STEMFateZeroEdit:
         for word, wgt in parse_reweight(reweight):
             for pos in _positions(clip, tgt_ids, [word], target_prompt, "reweight")[word]:
                 weights[pos] = wgt
+        n_steps = trajectory.steps  # the schedule's real step count (ddim_uniform may add one)
         settings = FusionSettings(
-            alignment=alignment, cross_steps=fused_steps(cross_replace_steps, steps),
-            self_steps=fused_steps(self_replace_steps, steps),
+            alignment=alignment, cross_steps=fused_steps(cross_replace_steps, n_steps),
+            self_steps=fused_steps(self_replace_steps, n_steps),
             blend_positions=tuple(sorted({p for ps in blend.values() for p in ps})),
             blend_threshold=float(blend_threshold), eq=equalizer(weights))
         positive = _encode(clip, target_prompt)
@@ -306,7 +307,7 @@ class STEMFateZeroEdit:
             mask = torch.ones(trajectory.frames, 8 * h, 8 * w)
         info = (f"STEM FateZero edit ({alignment.mode}, {len(src_ids)} -> {len(tgt_ids)} tokens): cross-attention "
                 f"fused in steps 0..{settings.cross_steps - 1}, self-attention in 0..{settings.self_steps - 1} of "
-                f"{steps}; store {store.nbytes()} bytes ({store.nbytes() / 2**20:.2f} MiB: self "
+                f"{n_steps}; store {store.nbytes()} bytes ({store.nbytes() / 2**20:.2f} MiB: self "
                 f"{store.nbytes('self')}, cross {store.nbytes('cross')}, responsibilities {store.nbytes('resp')})")
         if release_store:
             store.free()

@@ -76,6 +76,15 @@ def run_guarded(what: str, fn):
         raise
 
 
+def check_finite_result(x, what):
+    """A model that overflows (fp16) or is broken yields NaN/Inf; never hand that on as a result."""
+    if not torch.isfinite(x).all():
+        raise STEMInputError(
+            f"{what} produced NaN or Inf: the model's output overflowed or is broken. Try the model in fp32 "
+            f"(e.g. --force-fp32), check the checkpoint, and use the same model for inversion and sampling.")
+    return x
+
+
 def _oom_message(what):
     return (f"{what} ran out of memory. Use fewer frames (frame_load_cap / select_every_nth on the loader), a "
             f"smaller size (custom_width/height), fewer bases, or set chunk_tokens on STEM Basis Estimate to "
@@ -94,7 +103,8 @@ class _StepReporter:
 def _inversion_hooks(model):
     """Patch objects on the clone that want to see the inversion (e.g. an attention store).
 
-    Protocol: `begin_inversion(frames, sigmas)` before sampling, `finish_inversion(trajectory)` after.
+    Protocol: `begin_inversion(frames, sigmas)` before sampling, `finish_inversion(trajectory)` after,
+    `abort_inversion()` when sampling is cancelled or fails.
     """
     topts = model.model_options.get("transformer_options", {})
     found = []
@@ -127,15 +137,23 @@ def invert_video(model, samples, conditioning, steps):
         recorded["latents"] = [t.detach().to("cpu", torch.float32) for t in latents]
         return x_t
 
-    with torch.no_grad():
-        out = run_guarded("STEM inversion", lambda: sample_with_function(
-            m, sampler, sigmas, conditioning, conditioning, 1.0, samples))
+    try:
+        with torch.no_grad():
+            out = run_guarded("STEM inversion", lambda: sample_with_function(
+                m, sampler, sigmas, conditioning, conditioning, 1.0, samples))
+        check_finite_result(out, "STEM inversion")
+    except BaseException:
+        # Cancel or failure: hooks drop what they recorded so nothing half-made outlives the prompt.
+        for hook in hooks:
+            if hasattr(hook, "abort_inversion"):
+                hook.abort_inversion()
+        raise
     settings = dict(vars(patch.settings)) if patch is not None else {"context": "per_frame"}
     settings["layers"] = [f"{a}_{b}" for a, b in settings.get("layers", ())]
     traj = InversionTrajectory(
         latents=recorded["latents"], inversion_sigmas=sigmas.cpu(), sampling_sigmas=sampling_sigmas.cpu(),
         latent_scale=latent_scale(m), context=settings.get("context", "per_frame"), settings=settings,
-        source_conditioning=conditioning)
+        source_conditioning=conditioning, requested_steps=steps)
     for hook in hooks:
         if hasattr(hook, "finish_inversion"):
             hook.finish_inversion(traj)
@@ -144,7 +162,7 @@ def invert_video(model, samples, conditioning, steps):
 
 def reconstruct_video(model, trajectory, conditioning):
     m, _ = prepare_video_model(model, trajectory.frames)
-    _check_same_schedule(m, trajectory)
+    check_same_schedule(m, trajectory)
     report = _StepReporter(trajectory.steps)
 
     def sampler(model_k, x, sigmas_in, extra_args=None, callback=None, disable=None):
@@ -154,12 +172,13 @@ def reconstruct_video(model, trajectory, conditioning):
         return x0
 
     with torch.no_grad():
-        return run_guarded("STEM reconstruction", lambda: sample_with_function(
+        out = run_guarded("STEM reconstruction", lambda: sample_with_function(
             m, sampler, trajectory.sampling_sigmas, conditioning, conditioning, 1.0, trajectory.noisiest_unscaled()))
+    return check_finite_result(out, "STEM reconstruction")
 
 
-def _check_same_schedule(model, trajectory):
-    sigmas = calculate_sigmas(model, "ddim_uniform", trajectory.steps)
+def check_same_schedule(model, trajectory):
+    sigmas = calculate_sigmas(model, "ddim_uniform", trajectory.user_steps)
     if sigmas.shape != trajectory.sampling_sigmas.shape or not torch.allclose(
             sigmas.float(), trajectory.sampling_sigmas.float(), rtol=1e-4, atol=1e-6):
         raise STEMInputError("the model's noise schedule differs from the one used for inversion; use the same "

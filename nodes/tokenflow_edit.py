@@ -41,7 +41,6 @@ import math
 import torch
 
 import comfy.model_management
-import comfy.utils
 
 from ..stem_core.ddim import ddim_step
 from ..stem_core.patch import AttentionReplace, VideoAttentionPatch
@@ -49,8 +48,9 @@ from ..stem_core.tokenflow import (BLEND_MODES, QK_INJECTION_SITES, RESIDUAL_INJ
                                    InjectionSchedule, TokenFlowError, TokenFlowHooks, blend_plan,
                                    keyframe_schedule)
 from ..stem_core.trajectory import InversionTrajectory, TrajectoryMismatch
-from .compat import calculate_sigmas, category, progress_bar, throw_if_interrupted
-from .stem_invert import MAX_STEPS, TRAJECTORY, STEMInputError, check_conditioning, check_latent, run_guarded
+from .compat import category, progress_bar, throw_if_interrupted
+from .stem_invert import (MAX_STEPS, TRAJECTORY, STEMInputError, check_conditioning, check_latent,
+                          check_same_schedule, run_guarded)
 
 NEGATIVE_DEFAULT = "ugly, blurry, low res, unrealistic, unaesthetic"
 
@@ -138,14 +138,6 @@ def _same_length(contexts):
 # the editing loop
 
 
-def _check_schedule(model, trajectory):
-    sigmas = calculate_sigmas(model, "ddim_uniform", trajectory.steps)
-    if sigmas.shape != trajectory.sampling_sigmas.shape or not torch.allclose(
-            sigmas.float(), trajectory.sampling_sigmas.float(), rtol=1e-4, atol=1e-6):
-        raise TokenFlowInputError("the model's noise schedule differs from the one used for inversion; edit with "
-                                  "the model family that inverted the video")
-
-
 def tokenflow_edit(model, trajectory: InversionTrajectory, positive, negative, source_conditioning, cfg: float,
                    pnp_f_t: float, pnp_attn_t: float, chunk_size: int, seed: int, blend: str = "paper",
                    stats: dict | None = None):
@@ -154,7 +146,7 @@ def tokenflow_edit(model, trajectory: InversionTrajectory, positive, negative, s
     steps = trajectory.steps
     hooks = TokenFlowHooks()
     m = prepare_tokenflow_model(model, hooks)
-    _check_schedule(m, trajectory)
+    check_same_schedule(m, trajectory)
     schedule = InjectionSchedule(steps, pnp_f_t, pnp_attn_t)
     keyframes = keyframe_schedule(frames, chunk_size, steps, seed)
     groups = 2 if cfg == 1.0 else 3

@@ -47,3 +47,4 @@ if [ ! -e "$link" ] || [ "$(readlink -f "$link")" != "$repo" ]; then
   rm -rf "$link"; ln -s "$repo" "$link"
 fi
 echo "[setup] host: $host (pack linked as custom_nodes/ComfyUI-STEM)"
+bash "$repo/scripts/setup_browser.sh"

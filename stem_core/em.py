@@ -40,6 +40,9 @@ __all__ = [
 # (48 frames at 64x64 tokens, K = 256, G = 2 would otherwise need ~400 MB per iteration).
 RESPONSIBILITY_BUDGET_BYTES = 256 * 1024 * 1024
 
+# Shifted logits below -EXP_FLOOR are clamped before exp() (exp(-80) ~ 1.8e-35 is still a normal float32).
+EXP_FLOOR = 80.0
+
 # A basis whose total responsibility is below this (in tokens' worth of mass) is "dead": dividing its
 # weighted sum by ~0 gives Inf/NaN (seen on clustered features), so it keeps its previous value instead.
 DEAD_BASIS_MASS = 1e-6
@@ -109,11 +112,24 @@ def _check_features(x, name: str = "x") -> None:
         raise EMSettingsError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if x.shape[1] < 1 or x.shape[2] < 1 or x.shape[0] < 1:
         raise EMSettingsError(f"{name} must have at least one group, token and channel, got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
+    if not _all_finite(x):
         raise EMSettingsError(
             f"the features ({name}) contain NaN/Inf; check the input latents / conditioning "
             "(and the model's precision: fp16 overflow produces Inf)"
         )
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """True when every element of x is finite, in one reduction pass.
+
+    A NaN or Inf element makes the (float32/float64) sum NaN or Inf; a finite sum therefore proves
+    every element finite. Only when the sum is not finite (a NaN/Inf, or an overflow of huge finite
+    values) is the exact elementwise test run.
+    """
+    total = x.sum(dtype=_compute_dtype(x.dtype))
+    if bool(torch.isfinite(total)):
+        return True
+    return bool(torch.isfinite(x).all())
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -149,7 +165,11 @@ def _chunk_responsibilities(x_chunk: torch.Tensor, bases_t: torch.Tensor, inv_ta
     # Max-subtraction keeps exp() finite for any tau; dividing by the sum (rather than subtracting a
     # logsumexp) makes every row sum to 1 to rounding. In place: one [G, c, K] buffer.
     row_max = logits.amax(dim=-1, keepdim=True)
-    z = logits.sub_(row_max).exp_()
+    # Clamping the shifted logits at -EXP_FLOOR changes no responsibility by more than exp(-80) ~ 2e-35
+    # (each row's maximum contributes exp(0) = 1 to the sum) but keeps exp() out of its underflow range:
+    # with a small tau most logits sit hundreds below the row maximum, and exp() of such values takes a
+    # slow path on x86 CPUs (4-5x slower E-step measured, bench/README.md) and yields denormals.
+    z = logits.sub_(row_max).clamp_min_(-EXP_FLOOR).exp_()
     row_sum = z.sum(dim=-1, keepdim=True)
     z.div_(row_sum)
     lse = (row_max + row_sum.log()).squeeze(-1)

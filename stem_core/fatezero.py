@@ -144,6 +144,7 @@ class AttentionStore:
         self._bytes[key] = t.numel() * t.element_size()
         self._shapes[key] = tuple(t.shape)
         if self.folder is not None:
+            os.makedirs(self.folder, exist_ok=True)  # someone may have emptied the temp folder
             path = os.path.join(self.folder, f"{key[0]:04d}_{kind}_{site_name(site)}.pt")
             torch.save(t, path)
             self._files[key] = path
@@ -161,7 +162,11 @@ class AttentionStore:
         if key in self._mem:
             t = self._mem[key]
         elif key in self._files:
-            t = torch.load(self._files[key], map_location="cpu")
+            try:
+                t = torch.load(self._files[key], map_location="cpu", weights_only=True)
+            except FileNotFoundError:
+                raise FateZeroError(f"the stored attention file {self._files[key]} was deleted (ComfyUI empties its "
+                                    f"temp folder when it starts); run STEM Invert again") from None
         else:
             raise FateZeroError(f"the attention store has no {kind} map of {site_name(site)} at inversion step {step}")
         return t.to(device=device, dtype=dtype)

@@ -243,7 +243,9 @@ def nearest_neighbors(query: torch.Tensor, keys: torch.Tensor, key_index, block:
 
 def propagate(keyframe_out: torch.Tensor, first, second, weight, idx_first: torch.Tensor,
               idx_second: torch.Tensor) -> torch.Tensor:
-    """Gather + blend: frame f's token p = w_f * kf[first_f][idx_first[f, p]] + (1 - w_f) * kf[second_f][idx_second[f, p]].
+    """Gather + blend of keyframe outputs along nearest-neighbour fields:
+
+    ``out[g, f, p] = w_f * kf[g, first_f, idx_first[f, p]] + (1 - w_f) * kf[g, second_f, idx_second[f, p]]``.
 
     keyframe_out: [G, K, Lk, D] outputs of the K keyframes for G branches.
     first, second: [F] keyframe slots; weight: [F]; idx_first, idx_second: [F, L] token indices.

@@ -32,6 +32,12 @@ class InversionTrajectory:
     settings: dict
     source_conditioning: object = None
     extras: dict = field(default_factory=dict)
+    requested_steps: int | None = None  # what the user asked for; ddim_uniform can give one more
+
+    @property
+    def user_steps(self) -> int:
+        """The `steps` value to use on later nodes (may differ from `steps` by ddim_uniform rounding)."""
+        return self.requested_steps if self.requested_steps is not None else self.steps
 
     @property
     def steps(self) -> int:
@@ -65,10 +71,10 @@ class InversionTrajectory:
             raise TrajectoryMismatch(
                 f"{what}: the trajectory's latents are {w * 8}x{h * 8} pixels but got "
                 f"{latent_size[1] * 8}x{latent_size[0] * 8}; use the same size as the inversion")
-        if steps is not None and steps != self.steps:
+        if steps is not None and steps != self.user_steps:
             raise TrajectoryMismatch(
-                f"{what}: steps is {steps} but the inversion used {self.steps}; set steps to {self.steps} "
-                f"or re-run STEMInvert with {steps} steps")
+                f"{what}: steps is {steps} but the inversion used {self.user_steps}; set steps to "
+                f"{self.user_steps} or re-run STEMInvert with {steps} steps")
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.latents)

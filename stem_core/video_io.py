@@ -315,7 +315,9 @@ def _probe(path: str) -> dict:
                     info["duration"] = container.duration / 1_000_000
             return info
     except Exception as exc:  # PyAV's opinion is advisory; OpenCV decides what decodes
-        return {"probe_error": str(exc).splitlines()[0][:200]}
+        # FFmpeg's reason only: str(exc) also holds the server-side path, which the user must not see
+        reason = getattr(exc, "strerror", None) or str(exc).replace(path, os.path.basename(path))
+        return {"probe_error": str(reason).splitlines()[0][:200]}
 
 
 # ----------------------------------------------------------------------------- audio
@@ -582,7 +584,8 @@ def _load_folder(folder: Path, name: str, force_rate: float, o: dict, size_mode:
 
 def resolve_in_input_dir(name: str, input_dir: Union[str, os.PathLike]) -> Path:
     """The real path of `name` inside `input_dir`. Refuses empty names, absolute paths, `..`
-    traversal and symlinks whose target leaves the folder. Does not check that the file exists."""
+    traversal and symlinks whose target leaves the folder (also links among a frame folder's images).
+    Does not check that the file exists."""
     root = os.path.realpath(str(input_dir))
     if not isinstance(name, str) or not name.strip():
         raise VideoLoadError(f"no video selected; put a video file or a frame folder in {root} and pick it")
@@ -600,6 +603,17 @@ def resolve_in_input_dir(name: str, input_dir: Union[str, os.PathLike]) -> Path:
         inside = False
     if not inside:
         raise outside
+    if os.path.isdir(candidate):  # a frame folder: none of its images may be a link leading outside
+        for image in _folder_images(Path(candidate)):
+            real = os.path.realpath(str(image))
+            try:
+                image_inside = os.path.commonpath([root, real]) == root
+            except ValueError:
+                image_inside = False
+            if not image_inside:
+                raise VideoLoadError(
+                    f"frame folder '{name}' contains '{image.name}', a link to a file outside ComfyUI's input "
+                    f"folder; copy the frame itself into the folder instead of linking it")
     return Path(candidate)
 
 

@@ -1,48 +1,151 @@
-"""STEMBasisEstimate + STEMInvert + STEMReconstruct inside the real (in-process) ComfyUI."""
+"""STEMBasisEstimate + STEMInvert + STEMReconstruct inside the real (in-process) ComfyUI, on a real clip."""
+import sys
+
 import pytest
 import torch
 
+STEM = dict(attention_context="stem", num_bases=16, iterations=2, tau=0.05, seed=0, variant="paper",
+            layers="all", warm_start=True, init="tokens", chunk_tokens=0)
+
+
+def pack(mod):
+    return sys.modules[f"ComfyUI-STEM.{mod}"]
+
 
 @pytest.fixture(scope="module")
-def small_clip(comfy_host, shared_videos):
-    """8 frames of wolf.mp4 at 64x64, as IMAGE [8, 64, 64, 3]."""
-    import cv2
-    cap = cv2.VideoCapture(str(shared_videos / "wolf.mp4"))
-    frames = []
-    while len(frames) < 8:
-        ok, f = cap.read()
-        frames.append(cv2.resize(cv2.cvtColor(f, cv2.COLOR_BGR2RGB), (64, 64), interpolation=cv2.INTER_AREA))
-    return torch.from_numpy(__import__("numpy").stack(frames)).float() / 255.0
+def wolf8(comfy_host, shared_videos):
+    """8 frames of the real clip wolf.mp4 at 64x64, IMAGE [8, 64, 64, 3]."""
+    clip = pack("stem_core.video_io").load_video(shared_videos / "wolf.mp4", custom_width=64, custom_height=64,
+                                                 frame_load_cap=8)
+    return clip.frames
 
 
-def encode(comfy_host, tiny, images, text="a wolf"):
+@pytest.fixture(scope="module")
+def encoded(comfy_host, tiny, wolf8):
     nodes = comfy_host["nodes"]
     model, clip, vae = tiny
-    latent = nodes.VAEEncode().encode(vae, images)[0]
-    cond = nodes.CLIPTextEncode().encode(clip, text)[0]
-    return latent, cond
+    return nodes.VAEEncode().encode(vae, wolf8)[0], nodes.CLIPTextEncode().encode(clip, "a wolf")[0]
 
 
-def test_invert_reconstruct_stem(comfy_host, tiny, node, small_clip):
-    model, clip, vae = tiny
-    latent, cond = encode(comfy_host, tiny, small_clip)
-    patched = node("STEMBasisEstimate").patch(model, "stem", 16, 2, 0.05, 0, "paper", "all", True, "tokens", 0)[0]
-    inv, traj, info = node("STEMInvert").invert(patched, latent, cond, 10)
-    assert traj.steps == 10 and traj.frames == 8
-    rec = node("STEMReconstruct").reconstruct(patched, traj)[0]["samples"]
-    err = (rec - latent["samples"]).abs().mean() / latent["samples"].abs().mean()
-    print(info, float(err))
-    assert err < 0.2
+def stem_model(node, model, **changes):
+    return node("STEMBasisEstimate").patch(model, **{**STEM, **changes})[0]
 
 
-@pytest.mark.parametrize("ctx", ["plain", "per_frame", "stem", "all_frame", "two_frame"])
-@pytest.mark.parametrize("steps", [10, 50])
-def test_tmp_probe(comfy_host, tiny, node, small_clip, ctx, steps):
-    model, clip, vae = tiny
-    latent, cond = encode(comfy_host, tiny, small_clip)
-    patched = model if ctx == "plain" else node("STEMBasisEstimate").patch(model, ctx, 16, 2, 0.05, 0, "paper", "all", True, "tokens", 0)[0]
+def invert_and_reconstruct(node, model, latent, cond, steps):
     with torch.no_grad():
-        inv, traj, info = node("STEMInvert").invert(patched, latent, cond, steps)
-        rec = node("STEMReconstruct").reconstruct(patched, traj)[0]["samples"]
-    err = (rec - latent["samples"]).abs().mean() / latent["samples"].abs().mean()
-    print(ctx, steps, float(err), float(inv["samples"].std()))
+        inv, traj, _ = node("STEMInvert").invert(model, latent, cond, steps)
+        rec = node("STEMReconstruct").reconstruct(model, traj)[0]["samples"]
+    return inv["samples"], traj, rec
+
+
+def rel_err(a, b):
+    return float((a - b).abs().mean() / b.abs().mean())
+
+
+@pytest.mark.parametrize("context", ["stem", "per_frame", "two_frame", "all_frame"])
+def test_invert_then_reconstruct_real_clip(node, tiny, encoded, context):
+    model = stem_model(node, tiny[0], attention_context=context)
+    latent, cond = encoded
+    inv, traj, rec = invert_and_reconstruct(node, model, latent, cond, 10)
+    assert traj.steps == 10 and traj.frames == 8 and traj.context == context
+    assert len(traj.latents) == 11 and torch.allclose(traj.latents[0], latent["samples"] * traj.latent_scale)
+    assert not torch.allclose(traj.latents[-1], traj.latents[0], atol=1e-2), "x_T is the noisy end of the trajectory"
+    assert rel_err(rec, latent["samples"]) < 0.05
+
+
+def test_reconstruction_error_shrinks_with_steps(node, tiny, encoded):
+    model = stem_model(node, tiny[0])
+    latent, cond = encoded
+    errors = [rel_err(invert_and_reconstruct(node, model, latent, cond, s)[2], latent["samples"]) for s in (4, 16)]
+    assert errors[1] < errors[0]
+
+
+def test_reconstruct_equals_ksampler_advanced(comfy_host, node, tiny, encoded):
+    """Our STEMReconstruct is exactly core KSamplerAdvanced (add_noise off, euler, ddim_uniform, cfg 1)."""
+    model = stem_model(node, tiny[0])
+    latent, cond = encoded
+    inv, traj, rec = invert_and_reconstruct(node, model, latent, cond, 6)
+    with torch.no_grad():
+        core = comfy_host["nodes"].KSamplerAdvanced().sample(
+            model, "disable", 0, 6, 1.0, "euler", "ddim_uniform", cond, cond, {"samples": inv}, 0, 6, "disable")[0]
+    assert torch.allclose(core["samples"], rec, atol=1e-5)
+
+
+def test_same_seed_same_result_and_seed_matters(node, tiny, encoded):
+    latent, cond = encoded
+    a = invert_and_reconstruct(node, stem_model(node, tiny[0], seed=3), latent, cond, 4)[0]
+    b = invert_and_reconstruct(node, stem_model(node, tiny[0], seed=3), latent, cond, 4)[0]
+    c = invert_and_reconstruct(node, stem_model(node, tiny[0], seed=4), latent, cond, 4)[0]
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_stem_differs_from_per_frame(node, tiny, encoded):
+    """The video context really reaches the UNet: STEM inversion is not per-frame inversion."""
+    latent, cond = encoded
+    stem = invert_and_reconstruct(node, stem_model(node, tiny[0]), latent, cond, 4)[0]
+    plain = invert_and_reconstruct(node, tiny[0], latent, cond, 4)[0]
+    assert (stem - plain).abs().max() > 1e-4
+
+
+def test_patch_refuses_partial_video(node, tiny, encoded):
+    """If the UNet is called with fewer frames than the video, EM would be per-chunk: refuse clearly."""
+    patch = pack("nodes.stem_patch").find_stem_patch(stem_model(node, tiny[0]))
+    n = torch.randn(4, 16, 32)
+    opts = {"block": ("input", 1), "cond_or_uncond": [0], "stem_video_frames": 8, "sigmas": torch.tensor([1.0])}
+    with pytest.raises(ValueError, match="saw 4 frames in one call but the video has 8"):
+        patch(n, n, n, opts)
+
+
+def test_input_model_is_not_modified(node, tiny, encoded):
+    model = tiny[0]
+    before = repr(model.model_options)
+    patched = stem_model(node, model)
+    invert_and_reconstruct(node, patched, *encoded, 2)
+    assert repr(model.model_options) == before
+    assert "attn1_patch" not in model.model_options.get("transformer_options", {}).get("patches", {})
+
+
+def test_patched_clone_survives_clone_and_to(node, tiny):
+    patched = stem_model(node, tiny[0])
+    original = pack("nodes.stem_patch").find_stem_patch(patched)
+    again = patched.clone()
+    copy = pack("nodes.stem_patch").find_stem_patch(again)
+    assert copy is not None and copy is not original and copy.settings == original.settings
+    again.model_patches_to(torch.device("cpu"))
+    again.model_patches_to(torch.float16)
+    assert pack("nodes.stem_patch").find_stem_patch(again).settings == original.settings
+    # a baseline with attn1_replace patches: the replaces of the copy point at the copy's patch
+    two = stem_model(node, tiny[0], attention_context="two_frame").clone()
+    two.model_patches_to(torch.float32)
+    replaces = two.model_options["transformer_options"]["patches_replace"]["attn1"]
+    assert len(replaces) == 16
+    assert all(r.patch is pack("nodes.stem_patch").find_stem_patch(two) for r in replaces.values())
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"steps": 0}, "steps must be between 1 and"),
+    ({"latent": "nan"}, "NaN or Inf"),
+    ({"latent": "empty"}, "no frames"),
+    ({"cond": "wide"}, "encode the prompt with this model's CLIP"),
+])
+def test_invert_bad_input_messages(node, tiny, encoded, bad, message):
+    latent, cond = encoded
+    steps = bad.get("steps", 4)
+    if bad.get("latent") == "nan":
+        latent = {"samples": latent["samples"].clone().fill_(float("nan"))}
+    if bad.get("latent") == "empty":
+        latent = {"samples": latent["samples"][:0]}
+    if bad.get("cond") == "wide":
+        cond = [[torch.zeros(1, 77, 768), {}]]
+    with pytest.raises(ValueError, match=message):
+        node("STEMInvert").invert(stem_model(node, tiny[0]), latent, cond, steps)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"num_bases": 0}, "num_bases"), ({"iterations": -1}, "iterations"), ({"tau": 0.0}, "tau"),
+    ({"layers": "output_99"}, "unknown layer"),
+])
+def test_basis_estimate_bad_settings(node, tiny, changes, message):
+    with pytest.raises(ValueError, match=message):
+        stem_model(node, tiny[0], **changes)

@@ -1,0 +1,237 @@
+"""stem_core.fatezero without ComfyUI: store, word alignment, fusion maths, blend mask, step windows,
+and the recording / fusion callables driven with hand-made extra_options."""
+import math
+import os
+
+import pytest
+import torch
+
+from stem_core import attention as attn
+from stem_core import fatezero as fz
+from stem_core.em import estimate_bases
+
+
+# ---------------------------------------------------------------------------------------------- windows
+
+def test_step_windows_follow_the_paper_convention():
+    # STEM paper supplement D: cross over t in [0.2T, T] -> the first 80% of denoising steps
+    assert fz.fused_steps(0.8, 50) == 40
+    assert fz.fused_steps(0.5, 50) == 25
+    assert fz.fused_steps(0.0, 50) == 0 and fz.fused_steps(1.0, 50) == 50
+    assert fz.fused_steps(0.7, 10) == 7  # no float truncation to 6
+    # editing step 0 (noisiest) reads the last inversion step
+    assert fz.store_step(0, 50) == 49 and fz.store_step(49, 50) == 0
+    active = [j for j in range(50) if fz.latent_blend_active(j, 50)]
+    assert active[0] == 10 and active[-1] == 38  # FateZero: 10 < j + 1 < 40
+    with pytest.raises(fz.FateZeroError):
+        fz.fused_steps(1.5, 10)
+
+
+def test_store_layers():
+    assert fz.parse_store_layers("fatezero") == fz.FATEZERO_SITES
+    assert len(fz.parse_store_layers("all")) == 16
+    assert fz.parse_store_layers("output_3, input_7") == (("input", 7), ("output", 3))
+    with pytest.raises(fz.FateZeroError, match="fatezero"):
+        fz.parse_store_layers("nope")
+
+
+# ---------------------------------------------------------------------------------------------- store
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_store_roundtrip_size_and_free(tmp_path, spill):
+    store = fz.AttentionStore(2, 3, folder=str(tmp_path) if spill else None)
+    a = torch.rand(3, 8, 16, 77)
+    store.put(0, "cross", ("input", 7), a)
+    store.put(1, "cross", ("input", 7), a * 0.5)
+    store.put(0, "self", ("input", 7), torch.rand(3, 8, 16, 4))
+    assert store.nbytes() == (2 * a.numel() + 3 * 8 * 16 * 4) * 2  # float16
+    assert store.nbytes("self") == 3 * 8 * 16 * 4 * 2
+    assert torch.allclose(store.get(1, "cross", ("input", 7)), a * 0.5, atol=1e-3)
+    assert store.sites("cross") == (("input", 7),)
+    assert store.complete() == ["self:input_7"]  # step 1 of the self map is missing
+    folder = store.folder
+    if spill:
+        assert len(os.listdir(folder)) == 3
+    store.free()
+    assert store.freed
+    if spill:
+        assert not os.path.exists(folder)
+    with pytest.raises(fz.FateZeroError, match="freed"):
+        store.get(0, "cross", ("input", 7))
+
+
+def test_spilled_store_is_deleted_when_collected(tmp_path):
+    store = fz.AttentionStore(1, 1, folder=str(tmp_path))
+    store.put(0, "cross", ("middle", 0), torch.rand(1, 1, 4, 77))
+    folder = store.folder
+    del store
+    import gc
+    gc.collect()
+    assert not os.path.exists(folder)
+
+
+# ---------------------------------------------------------------------------------------------- alignment
+
+def test_alignment_replace_for_equal_lengths():
+    al = fz.align_prompts([10, 11, 12], [10, 99, 12])
+    assert al.mode == "replace"
+    assert torch.equal(al.mapper, torch.arange(77)) and bool((al.alphas == 1).all())
+
+
+def test_alignment_refine_for_unequal_lengths():
+    # source "a cat on mat" -> target "a big cat on red mat"
+    src = [1, 2, 3, 4]
+    tgt = [1, 7, 2, 3, 8, 4]
+    al = fz.align_prompts(src, tgt)
+    assert al.mode == "refine"
+    # position 0 is the start token; content tokens start at 1
+    assert al.mapper[:7].tolist() == [0, 1, 0, 2, 3, 0, 4]
+    assert al.alphas[:7].tolist() == [1, 1, 0, 1, 1, 0, 1]
+    # end token of the target (position 7) maps onto the source's end token (position 5)
+    assert int(al.mapper[7]) == 5 and float(al.alphas[7]) == 1
+    assert int(al.mapper[76]) == 74
+
+
+def test_find_word_and_parsers():
+    assert fz.find_word([5, 6, 7, 6, 7], [6, 7]) == [2, 3, 4, 5]
+    assert fz.find_word([5, 6], [9]) == []
+    assert fz.parse_words("red car, hat ,") == ["red car", "hat"]
+    assert fz.parse_reweight("red:2, big hat:0.5") == [("red", 2.0), ("big hat", 0.5)]
+    for bad in ("red", "red:x", "red:-1", ":2"):
+        with pytest.raises(fz.FateZeroError):
+            fz.parse_reweight(bad)
+    eq = fz.equalizer({3: 2.0})
+    assert eq.shape == (77,) and eq[3] == 2 and eq.sum() == 78
+    assert fz.equalizer({}) is None
+
+
+# ---------------------------------------------------------------------------------------------- fusion maths
+
+def test_fuse_cross_replace_refine_and_reweight():
+    p_src = torch.rand(2, 4, 9, 77).softmax(-1)
+    p_tgt = torch.rand(2, 4, 9, 77).softmax(-1)
+    rep = fz.align_prompts([1, 2], [1, 3])
+    assert torch.equal(fz.fuse_cross(p_src, p_tgt, rep, 1.0), p_src)
+    assert torch.equal(fz.fuse_cross(p_src, p_tgt, rep, 0.0), p_tgt)
+    ref = fz.align_prompts([1, 2], [1, 5, 2])
+    out = fz.fuse_cross(p_src, p_tgt, ref, 1.0)
+    assert torch.equal(out[..., 2], p_tgt[..., 2])      # the new word keeps its own map
+    assert torch.equal(out[..., 3], p_src[..., 2])      # the shared word takes the source's
+    eq = fz.equalizer({1: 3.0})
+    assert torch.allclose(fz.fuse_cross(p_src, p_tgt, rep, 0.0, eq)[..., 1], 3 * p_tgt[..., 1])
+
+
+def test_fuse_self_mask():
+    p_src, p_tgt = torch.rand(2, 3, 4, 5), torch.rand(2, 3, 4, 5)
+    assert torch.equal(fz.fuse_self(p_src, p_tgt, None), p_src)
+    mask = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 0]])
+    out = fz.fuse_self(p_src, p_tgt, mask)
+    assert torch.equal(out[0, :, 0], p_tgt[0, :, 0]) and torch.equal(out[0, :, 1], p_src[0, :, 1])
+    assert torch.equal(out[1], p_src[1])
+    with pytest.raises(fz.FateZeroError):
+        fz.fuse_self(p_src, p_tgt[..., :4])
+
+
+def test_blend_mask_thresholds_and_shape():
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.rand(3, 8, 16, 77, generator=g) * 0.1, torch.rand(3, 8, 64, 77, generator=g) * 0.1]
+    maps[1].view(3, 8, 8, 8, 77)[:, :, :3, :3, 2] += 1.0  # the word attends to a top-left region
+    words = fz.word_attention(maps, [2, 3], latent_hw=(16, 16))
+    assert words.shape == (3, 8, 8)  # the finest grid of the two layers
+    norm = fz.normalised_blend_map(words, (32, 24))
+    assert norm.shape == (3, 32, 24)
+    assert torch.allclose(norm.flatten(1).amax(1), torch.ones(3))
+    assert fz.blend_mask(words, (32, 24), 1.0).sum() == 0                       # above the maximum
+    below = float(norm.min()) - 1e-3
+    assert bool((fz.blend_mask(words, (32, 24), below) == 1).all())             # below the minimum
+    mid = fz.blend_mask(words, (32, 24), 0.8)
+    assert 0 < float(mid.mean()) < 1 and mid.shape == (3, 32, 24)
+
+
+def test_layer_hw():
+    assert fz.layer_hw(64 * 48, (64, 48)) == (64, 48)
+    assert fz.layer_hw(16 * 12, (64, 48)) == (16, 12)
+    assert fz.layer_hw(4, (5, 5)) == (2, 2)  # odd latents round up like the UNet
+    with pytest.raises(fz.FateZeroError):
+        fz.layer_hw(7, (8, 8))
+
+
+def test_target_bases_from_source_responsibilities():
+    """With K = M and tau -> 0 the responsibilities are the identity: the rebuilt bases are the target's
+    own tokens, so P_src (mu_tgt W_V) is FateZero's all-frame P_src V_tgt."""
+    g = torch.Generator().manual_seed(1)
+    x_src = torch.nn.functional.normalize(torch.randn(1, 12, 6, generator=g), dim=-1)
+    x_tgt = x_src + 0.1 * torch.randn(1, 12, 6, generator=g)
+    z = fz.e_step(x_src, x_src, 1e-3)  # bases = (unit-norm) tokens: each token owns its own basis
+    mu = fz.bases_from_responsibilities(x_tgt, z, x_src)
+    assert torch.allclose(mu, x_tgt, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- callables
+
+def _eo(site, sigma, frames, groups=(0,), heads=2):
+    return {"block": site, "n_heads": heads, "sigmas": torch.tensor([sigma]), "cond_or_uncond": list(groups),
+            "stem_video_frames": frames}
+
+
+def test_record_then_fuse_with_identical_inputs_is_identity():
+    """Recording q,k,v at inversion step s and fusing the same q,k,v at the editing step that reads s
+    gives back plain attention (self: P_src = P_tgt; cross: replace with the identity alignment)."""
+    torch.manual_seed(0)
+    frames, tokens, heads, d = 2, 16, 2, 4
+    site = ("input", 7)
+    inv_sigmas = torch.tensor([0.03, 1.0, 5.0, 14.0])      # steps = 3; the model sees the first 3
+    samp_sigmas = torch.tensor([14.0, 5.0, 1.0, 0.0])
+    rec = fz.AttentionRecorder([site], {site: "two_frame"})
+    rec.begin_inversion(frames, inv_sigmas)
+    q, k, v = (torch.randn(frames, tokens, heads * d) for _ in range(3))
+    ctx_k = torch.randn(frames, 77, heads * d)
+    for step, s in enumerate(inv_sigmas[:-1].tolist()):
+        out = rec.self_replace(site)(q, k, v, _eo(site, s, frames))
+        two = attn.attention(q, attn.two_frame_context(k, frames), attn.two_frame_context(v, frames), heads)
+        assert torch.allclose(out, two, atol=1e-5)
+        rec.cross_replace(site)(q, ctx_k, ctx_k, _eo(site, s, frames))
+
+    class Traj:
+        extras = {}
+
+    rec.finish_inversion(Traj)
+    store = Traj.extras["attention_store"]
+    assert rec.store is None and store.steps == 3
+    assert store.shape(0, "self", site) == (frames, heads, tokens, 2 * tokens)
+    settings = fz.FusionSettings(fz.align_prompts([1], [2]), cross_steps=3, self_steps=3)
+    fusion = fz.FusionPatches(store, settings, samp_sigmas[:-1], (4, 4), {site: "two_frame"})
+    # editing step 1 (sigma 5) reads inversion step 1 (sigma 1.0 -> 5.0 interval)
+    eo = _eo(site, 5.0, frames, groups=(1, 0))
+    q2, k2, v2 = (torch.cat([t, t]) for t in (q, k, v))
+    out = fusion.self_replace(site)(q2, k2, v2, eo)
+    ref = attn.attention(q2, attn.two_frame_context(k2, frames), attn.two_frame_context(v2, frames), heads)
+    assert torch.allclose(out, ref, atol=2e-3)  # float16 storage
+    c2 = torch.cat([ctx_k, ctx_k])
+    assert torch.allclose(fusion.cross_replace(site)(q2, c2, c2, eo), attn.attention(q2, c2, c2, heads), atol=2e-3)
+    fusion.release()
+    assert fusion.store is None
+
+
+def test_stem_responsibilities_are_recorded_and_reused():
+    torch.manual_seed(0)
+    frames, tokens, c, kb = 2, 8, 6, 4
+    site = ("output", 3)
+    rec = fz.AttentionRecorder([site], {site: "stem"}, tau=0.05)
+    rec.begin_inversion(frames, torch.tensor([0.03, 2.0]))
+    n = torch.randn(frames, tokens, c)
+    mu = estimate_bases(n.reshape(1, -1, c), kb, 3, 0.05).bases
+    ctx = mu.expand(frames, kb, c)
+    assert rec(n, ctx, ctx, _eo(site, 0.03, frames))[1] is ctx
+    assert rec.store.shape(0, "resp", site) == (frames * tokens, kb)
+    assert rec(n, n, n, _eo(site, 0.03, frames))[1] is n  # no STEM bases here: nothing recorded anew
+    store = rec.store
+    settings = fz.FusionSettings(fz.align_prompts([1], [1]), cross_steps=1, self_steps=1)
+    fusion = fz.FusionPatches(store, settings, torch.tensor([2.0]), (4, 2), {site: "stem"})
+    _, ctx2, val2 = fusion(n, ctx, ctx, _eo(site, 2.0, frames))
+    # same features as the source: the rebuilt bases are the source's M-step of its own E-step
+    expect = fz.m_step(n.reshape(1, -1, c), fz.e_step(n.reshape(1, -1, c), mu, 0.05), mu)
+    assert torch.allclose(ctx2[0], expect[0], atol=1e-2) and ctx2 is val2
+    assert not math.isnan(float(ctx2.sum()))
+    rec.abort_inversion()
+    assert store.freed and rec.store is None

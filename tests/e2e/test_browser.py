@@ -1,0 +1,284 @@
+"""The real frontend in a real browser: every UI-format workflow in workflows/ is loaded into the editor
+served by the running ComfyUI (headless Chromium, driven over the DevTools protocol with websocket-client),
+checked for missing nodes and widgets, converted to an API prompt by the editor itself
+(`app.graphToPrompt()`), compared with its API twin and queued (shrunk) on the server.
+
+Screenshots: test_artifacts/screenshots/<name>.png for every workflow, and
+docs/images/reconstruction_workflow.png (for the README) from stem_reconstruction.json.
+
+Chromium: Debian's `chromium` package (scripts/setup_browser.sh installs it); CHROMIUM=/path overrides.
+"""
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import REPO
+from tests.e2e.conftest import load_api
+from tests.e2e.test_reconstruction_server import small
+
+sys.path.insert(0, str(REPO / "scripts"))
+import run_workflow as rw  # noqa: E402
+from workflow_format import input_specs  # noqa: E402
+
+WORKFLOWS = sorted(p for p in (REPO / "workflows").glob("*.json"))
+SCREENSHOTS = REPO / "test_artifacts" / "screenshots"
+README_IMAGE = REPO / "docs" / "images" / "reconstruction_workflow.png"
+README_SOURCE = "stem_reconstruction"
+README_MAX_BYTES = 300 * 1024
+VIEW_W, VIEW_H = 1600, 900
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio",
+                  f"--window-size={VIEW_W},{VIEW_H}", "--remote-debugging-port=0"]
+INSTALL_HINT = ("headless Chromium is needed for the browser test: run `bash scripts/setup_browser.sh` "
+                "(as root it does `apt-get update && apt-get install -y chromium`), or set CHROMIUM=/path/to/chromium")
+
+
+def find_chromium():
+    env = os.environ.get("CHROMIUM")
+    if env:
+        return env if os.access(env, os.X_OK) else None
+    for cand in ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome"):
+        path = cand if os.path.isabs(cand) else shutil.which(cand)
+        if path and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class CDP:
+    """Minimal DevTools-protocol client for one page target."""
+
+    def __init__(self, ws_url):
+        import websocket
+        self.ws = websocket.create_connection(ws_url, timeout=60, http_no_proxy=["127.0.0.1", "localhost"],
+                                              suppress_origin=True)
+        self.next_id = 0
+        self.events = []
+
+    def call(self, method, timeout=60, **params):
+        self.next_id += 1
+        my_id = self.next_id
+        self.ws.send(json.dumps({"id": my_id, "method": method, "params": params}))
+        deadline = time.monotonic() + timeout
+        while True:
+            self.ws.settimeout(max(0.1, deadline - time.monotonic()))
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == my_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+            if "method" in msg:
+                self.events.append(msg)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{method}: no answer in {timeout} s")
+
+    def js(self, expression, timeout=60):
+        """Evaluate (awaiting promises) and return the JSON value; page exceptions raise."""
+        r = self.call("Runtime.evaluate", timeout=timeout, expression=expression, awaitPromise=True,
+                      returnByValue=True)
+        if "exceptionDetails" in r:
+            d = r["exceptionDetails"]
+            raise RuntimeError(f"page JS failed: {d.get('exception', {}).get('description') or d.get('text')}")
+        return r["result"].get("value")
+
+    def errors(self):
+        out = []
+        for e in self.events:
+            if e["method"] == "Runtime.exceptionThrown":
+                d = e["params"]["exceptionDetails"]
+                out.append(d.get("exception", {}).get("description") or d.get("text"))
+            elif e["method"] == "Runtime.consoleAPICalled" and e["params"].get("type") == "error":
+                out.append(" ".join(str(a.get("value", a.get("description", ""))) for a in e["params"]["args"]))
+        return out
+
+    def close(self):
+        try:
+            self.ws.close()
+        except Exception:
+            pass
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    exe = find_chromium()
+    if exe is None:
+        pytest.fail(f"Chromium not found. {INSTALL_HINT}")
+    profile = tempfile.mkdtemp(prefix="stem-chromium-")
+    log = open(os.path.join(profile, "chromium.log"), "wb")
+    proc = subprocess.Popen([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    cdp = None
+    try:
+        port_file = os.path.join(profile, "DevToolsActivePort")
+        deadline = time.monotonic() + 60
+        while not (os.path.exists(port_file) and open(port_file).read().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                tail = open(os.path.join(profile, "chromium.log"), errors="replace").read()[-2000:]
+                pytest.fail(f"Chromium ({exe}) did not start: {tail}\n{INSTALL_HINT}")
+            time.sleep(0.2)
+        port = int(open(port_file).read().split()[0])
+        targets = json.loads(_NO_PROXY.open(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
+        target = next(t for t in targets if t.get("type") == "page")
+        cdp = CDP(target["webSocketDebuggerUrl"])
+        cdp.call("Runtime.enable")
+        cdp.call("Page.enable")
+        cdp.call("Emulation.setDeviceMetricsOverride", width=VIEW_W, height=VIEW_H, deviceScaleFactor=1, mobile=False)
+        cdp.call("Page.navigate", url=f"http://{server.address}/")
+        deadline = time.monotonic() + 90
+        ready = "!!(window.app && app.graph && window.LiteGraph && LiteGraph.registered_node_types['STEMInvert'])"
+        while not cdp.js(ready):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the ComfyUI editor did not come up in the browser in 90 s; page errors: {cdp.errors()}")
+            time.sleep(0.5)
+        cdp.js("new Promise(r => setTimeout(r, 500))")
+        yield cdp
+    finally:
+        if cdp is not None:
+            cdp.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+LOAD_JS = r"""
+(async (wf) => {
+  const modal = () => [...document.querySelectorAll('.comfy-modal, .comfy-missing-nodes, .p-dialog')]
+      .filter(e => e.offsetParent !== null || getComputedStyle(e).display === 'flex')
+      .map(e => e.textContent.trim()).filter(t => t);
+  app.ui?.dialog?.close?.();
+  await app.loadGraphData(wf);
+  await new Promise(r => setTimeout(r, 300));
+  const unknown = wf.nodes.map(n => n.type).filter(t => !(t in LiteGraph.registered_node_types));
+  const nodes = app.graph._nodes.map(n => ({
+      id: n.id, type: n.type, title: n.title,
+      widgets: (n.widgets || []).map(w => w.name),
+      values: (n.widgets || []).map(w => (w.value === undefined ? null : w.value)),
+      inputs: (n.inputs || []).map(i => i.name), outputs: (n.outputs || []).map(o => o.name)}));
+  const p = await app.graphToPrompt();
+  return {dialogs: modal(), unknown, nodes, output: p.output, links: app.graph.links ? Object.keys(app.graph.links).length : 0};
+})
+"""
+
+FIT_JS = r"""
+(() => {
+  const ns = app.graph._nodes;
+  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+  for (const n of ns) {
+    x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT);
+    x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+  }
+  const c = app.canvas.canvas, pad = 30;
+  const top = (document.querySelector('.comfy-menu') ? 0 : 0);
+  const scale = Math.min((c.width - 2 * pad) / (x1 - x0), (c.height - 2 * pad) / (y1 - y0), 1.2);
+  app.canvas.ds.scale = scale;
+  app.canvas.ds.offset = [pad / scale - x0 + ((c.width - 2 * pad) / scale - (x1 - x0)) / 2, pad / scale - y0 + top];
+  app.canvas.setDirty(true, true);
+  app.canvas.draw(true, true);
+  return [x0, y0, x1, y1, scale];
+})()
+"""
+
+
+def _screenshot(cdp, name):
+    cdp.js(FIT_JS)
+    cdp.js("document.querySelector('.comfy-menu') && (document.querySelector('.comfy-menu').style.display='none')")
+    cdp.js("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    data = base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"])
+    cdp.js("document.querySelector('.comfy-menu') && (document.querySelector('.comfy-menu').style.display='')")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / f"{name}.png").write_bytes(data)
+    return data
+
+
+def _small_png(data, max_bytes=README_MAX_BYTES):
+    """The screenshot as an adaptive-palette PNG (the editor has few colours), shrunk until small enough."""
+    from PIL import Image
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    for colors, scale in ((256, 1.0), (128, 1.0), (128, 0.8), (64, 0.7), (64, 0.5)):
+        im = img if scale == 1.0 else img.resize((int(img.width * scale), int(img.height * scale)), Image.LANCZOS)
+        buf = io.BytesIO()
+        im.quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(buf, format="PNG", optimize=True)
+        if buf.tell() <= max_bytes:
+            return buf.getvalue()
+    return buf.getvalue()
+
+
+def _object_info(server):
+    return json.loads(rw._http("GET", f"http://{server.address}/object_info")[1])
+
+
+def test_workflows_exist():
+    assert WORKFLOWS, "no UI-format workflows in workflows/*.json"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_in_browser(page, server, server_input, run, path):
+    name = path.stem
+    ui = json.loads(path.read_text())
+    page.events.clear()
+    res = page.js(f"{LOAD_JS}({json.dumps(ui)})", timeout=120)
+    shot = _screenshot(page, name)
+    if name == README_SOURCE:
+        README_IMAGE.parent.mkdir(parents=True, exist_ok=True)
+        README_IMAGE.write_bytes(_small_png(shot))
+        assert README_IMAGE.stat().st_size < README_MAX_BYTES
+
+    # 1. no missing-node warning, nothing unknown, no page errors
+    assert not res["unknown"], f"{name}: node types unknown to the editor: {res['unknown']}"
+    assert not any("were not found" in d or "Loading aborted" in d for d in res["dialogs"]), \
+        f"{name}: the editor showed a warning: {res['dialogs']}"
+    errors = [e for e in page.errors() if "favicon" not in str(e)]
+    assert not errors, f"{name}: errors in the page while loading: {errors}"
+
+    # 2. every node present, ours with exactly the widgets of INPUT_TYPES
+    info = _object_info(server)
+    loaded = {n["id"]: n for n in res["nodes"]}
+    assert set(loaded) == {n["id"] for n in ui["nodes"]}, f"{name}: nodes lost while loading"
+    ours = [n for n in res["nodes"] if n["type"].startswith("STEM")]
+    assert ours, f"{name}: no STEM node in the workflow"
+    for n in ours:
+        spec = info[n["type"]]["input"]
+        expected = [s[0] for s in input_specs(spec) if s[3] and not s[2].get("forceInput")]
+        # inputs converted to sockets (linked widgets) keep their widget in the pinned editor's graph too
+        widgets = [w for w in n["widgets"] if w != "control_after_generate"]
+        linked = {i["name"] for u in ui["nodes"] if u["id"] == n["id"] for i in u.get("inputs", [])
+                  if i.get("widget")}
+        assert [w for w in widgets if w not in linked] == [w for w in expected if w not in linked], \
+            f"{name}: node {n['id']} ({n['type']}) has widgets {widgets}, INPUT_TYPES says {expected}"
+        ui_node = next(u for u in ui["nodes"] if u["id"] == n["id"])
+        assert n["values"] == ui_node["widgets_values"], \
+            f"{name}: node {n['id']} ({n['type']}) widget values {n['values']} != saved {ui_node['widgets_values']}"
+
+    # 3. the editor's API prompt equals the API twin (inputs and class types) ...
+    prompt = res["output"]
+    twin = load_api(name)
+    strip = lambda wf: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in wf.items()}  # noqa: E731
+    assert strip(prompt) == strip(twin), (
+        f"{name}: the editor's prompt differs from workflows/api/{name}.json:\n"
+        + "\n".join(f"  node {k}: editor {strip(prompt).get(k)} vs twin {strip(twin).get(k)}"
+                    for k in sorted(set(prompt) | set(twin)) if strip(prompt).get(k) != strip(twin).get(k)))
+
+    # ... and the server accepts it: queued shrunk so it runs in seconds
+    video = server_input("wolf.mp4")
+    result = run(small(json.loads(json.dumps(prompt)), video), timeout=300)
+    assert result["prompt_id"] and not result["node_errors"]
+    print(f"{name}: {len(res['nodes'])} nodes, {res['links']} links, screenshot {len(shot)} bytes, "
+          f"ran in {result['elapsed_s']:.1f} s")
