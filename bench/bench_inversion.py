@@ -6,7 +6,10 @@ in-process ComfyUI (STEMBasisEstimate + STEMInvert). Every context uses torch's 
 scaled_dot_product_attention (ComfyUI's --use-pytorch-cross-attention, the default on NVIDIA GPUs), so
 the comparison is of the attention context only.
 
-Time is reported per inversion step (the mean over the steps run) and as the extrapolated 50-step
+Every context runs twice (the second round in reverse order) and the faster run counts. Besides wall
+time the process CPU time (user + system, all threads) is reported: on a shared, overloaded machine it
+is far steadier than wall time, because time the process waits for a core is not counted. Time is
+reported per inversion step (the mean over the steps run) and as the extrapolated 50-step
 total; all-frame attention runs fewer steps when it would blow the time budget (it has no state between
 steps, so its per-step time does not depend on the step count). Peak memory: see ``bench/__init__``.
 
@@ -59,7 +62,8 @@ def load_clip(pack_name: str, name: str, frames: int, width: int, height: int) -
     return clip.frames
 
 
-def run(quick: bool, device: torch.device, dtype: torch.dtype, out_dir=DEFAULT_OUT, contexts=None) -> dict:
+def run(quick: bool, device: torch.device, dtype: torch.dtype, out_dir=DEFAULT_OUT, contexts=None,
+        rounds: int = 2) -> dict:
     comfy_nodes, pack = boot_host(device, dtype)
     tiny = sys.modules[f"{pack}.nodes.tiny_model"]
     vae = sys.modules[f"{pack}.stem_core.tiny_vae"].PoolingVAE()
@@ -100,36 +104,53 @@ def run(quick: bool, device: torch.device, dtype: torch.dtype, out_dir=DEFAULT_O
     with torch.no_grad():
         invert.invert(model, latent, cond, 1)
 
+    # Two rounds, the second in reverse order, and the faster of the two runs is kept: on a shared
+    # machine a load change then cannot favour the contexts that happened to run first.
+    results = {key: [] for key, *_ in configs}
+    order = list(configs)
+    for rnd in range(rounds):
+        for key, label, make, n_steps in (order if rnd % 2 == 0 else order[::-1]):
+            m = make()
+            with torch.no_grad(), PeakMemory(device) as mem:
+                start, cpu_start = time.perf_counter(), time.process_time()
+                invert.invert(m, latent, cond, n_steps)
+                sync(device)
+                elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            results[key].append((elapsed, mem.peak_bytes, mem.kind, cpu))
+            print(f"  inversion round {rnd + 1} {label:30s} {n_steps} steps {fmt_s(elapsed):>9s}  "
+                  f"{fmt_s(elapsed / n_steps)}/step  cpu {fmt_s(cpu / n_steps)}/step  peak {fmt_bytes(mem.peak_bytes)}",
+                  flush=True)
     rows = []
     for key, label, make, n_steps in configs:
-        m = make()
-        with torch.no_grad(), PeakMemory(device) as mem:
-            start = time.perf_counter()
-            invert.invert(m, latent, cond, n_steps)
-            sync(device)
-            elapsed = time.perf_counter() - start
+        runs = results[key]
+        elapsed = min(r[0] for r in runs)
+        peaks = [r[1] for r in runs if r[1] is not None]
         per_step = elapsed / n_steps
+        cpu_per_step = min(r[3] for r in runs) / n_steps
         rows.append({"key": key, "label": label, "steps": n_steps, "total_s": elapsed, "per_step_s": per_step,
-                     "paper_50_steps_s": per_step * PAPER_STEPS, "peak_bytes": mem.peak_bytes,
-                     "mem_kind": mem.kind})
-        print(f"  inversion {label:30s} {n_steps} steps {fmt_s(elapsed):>9s}  {fmt_s(per_step)}/step  "
-              f"peak {fmt_bytes(mem.peak_bytes)}", flush=True)
+                     "cpu_per_step_s": cpu_per_step, "runs_s": [r[0] for r in runs],
+                     "runs_cpu_s": [r[3] for r in runs], "paper_50_steps_s": per_step * PAPER_STEPS,
+                     "peak_bytes": max(peaks) if peaks else None, "mem_kind": runs[0][2]})
 
     base = next((r for r in rows if r["key"] == "per_frame"), None)
     for r in rows:
         r["ratio_to_per_frame"] = r["per_step_s"] / base["per_step_s"] if base else None
+        r["cpu_ratio_to_per_frame"] = r["cpu_per_step_s"] / base["cpu_per_step_s"] if base else None
 
     payload = {"machine": machine_info(device, dtype),
                "setup": {"clip": clip_name, "frames": frames, "width": width, "height": height,
                          "latent": [int(s) for s in latent["samples"].shape], "model": "tiny SD1.5 (32 channels)",
                          "steps": steps, "all_frame_steps": all_frame_steps, "quick": quick,
+                         "rounds": rounds, "time": "fastest of the rounds (alternating order)",
                          "attention": "torch scaled_dot_product_attention for every context"},
                "rows": rows}
     write_json(out_dir / "inversion.json", payload)
     table = markdown_table(
-        ["context", "steps run", "time/step", f"{PAPER_STEPS}-step est.", "x per-frame", "peak mem"],
+        ["context", "steps run", "wall/step", f"{PAPER_STEPS}-step est.", "x per-frame (wall)", "CPU time/step",
+         "x per-frame (CPU time)", "peak mem"],
         [[r["label"], r["steps"], fmt_s(r["per_step_s"]), fmt_s(r["paper_50_steps_s"]),
-          f"{r['ratio_to_per_frame']:.2f}" if r["ratio_to_per_frame"] else "n/a", fmt_bytes(r["peak_bytes"])]
+          f"{r['ratio_to_per_frame']:.2f}" if r["ratio_to_per_frame"] else "n/a", fmt_s(r["cpu_per_step_s"]),
+          f"{r['cpu_ratio_to_per_frame']:.2f}" if r["cpu_ratio_to_per_frame"] else "n/a", fmt_bytes(r["peak_bytes"])]
          for r in rows])
     header = (f"Whole inversion, tiny model, {clip_name} {frames} frames {width}x{height} "
               f"(latent {tuple(latent['samples'].shape[2:])}), {payload['machine']['device']} "

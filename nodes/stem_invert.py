@@ -129,6 +129,12 @@ def invert_video(model, samples, conditioning, steps):
     for hook in hooks:
         if hasattr(hook, "begin_inversion"):
             hook.begin_inversion(frames, sigmas)
+    bases_by_sigma = {}
+    if patch is not None and patch.uses_context_patch:
+        def keep_bases(event):
+            if event.get("kind") == "bases" and event.get("sigma") is not None:
+                bases_by_sigma.setdefault(event["sigma"], {})[event["site"]] = event["bases"].detach().to("cpu")
+        patch.add_observer(keep_bases)
 
     def sampler(model_k, x, sigmas_in, extra_args=None, callback=None, disable=None):
         extra_args = extra_args or {}
@@ -154,15 +160,23 @@ def invert_video(model, samples, conditioning, steps):
         latents=recorded["latents"], inversion_sigmas=sigmas.cpu(), sampling_sigmas=sampling_sigmas.cpu(),
         latent_scale=latent_scale(m), context=settings.get("context", "per_frame"), settings=settings,
         source_conditioning=conditioning, requested_steps=steps)
+    if bases_by_sigma:
+        # the bases of every layer at every step: reconstruction can replay the inversion's exact context
+        traj.extras["stem_bases"] = sorted(bases_by_sigma.items())
     for hook in hooks:
         if hasattr(hook, "finish_inversion"):
             hook.finish_inversion(traj)
     return out, traj
 
 
-def reconstruct_video(model, trajectory, conditioning):
-    m, _ = prepare_video_model(model, trajectory.frames)
+REPLAY, RE_ESTIMATE = "replay inversion bases", "re-estimate bases"
+
+
+def reconstruct_video(model, trajectory, conditioning, bases_mode=REPLAY):
+    m, patch = prepare_video_model(model, trajectory.frames)
     check_same_schedule(m, trajectory)
+    if patch is not None and bases_mode == REPLAY and trajectory.extras.get("stem_bases"):
+        patch.set_replay(trajectory.extras["stem_bases"])
     report = _StepReporter(trajectory.steps)
 
     def sampler(model_k, x, sigmas_in, extra_args=None, callback=None, disable=None):
@@ -223,6 +237,9 @@ class STEMReconstruct:
         return {"required": {
             "model": ("MODEL", {"tooltip": "Usually the same (patched) model used for inversion."}),
             "trajectory": (TRAJECTORY, {"tooltip": "From STEM Invert."}),
+            "bases": ([REPLAY, RE_ESTIMATE], {"default": REPLAY, "tooltip":
+                "With STEM attention: replay the bases the inversion estimated at each step (the reconstruction "
+                "then reads exactly the inversion's video context), or run EM again on the sampled features."}),
         }, "optional": {
             "conditioning": ("CONDITIONING", {"tooltip": "Defaults to the source prompt used for inversion."}),
         }}
@@ -236,12 +253,12 @@ class STEMReconstruct:
     DESCRIPTION = ("Deterministic DDIM sampling from the inverted latent with the inversion's schedule. Equal to "
                    "KSamplerAdvanced with add_noise off, euler, ddim_uniform and cfg 1.")
 
-    def reconstruct(self, model, trajectory, conditioning=None):
+    def reconstruct(self, model, trajectory, bases=REPLAY, conditioning=None):
         if not isinstance(trajectory, InversionTrajectory):
             raise STEMInputError("trajectory: connect the trajectory output of STEM Invert")
         cond = conditioning if conditioning is not None else trajectory.source_conditioning
         check_conditioning(cond, model, "conditioning")
-        return ({"samples": reconstruct_video(model, trajectory, cond)},)
+        return ({"samples": reconstruct_video(model, trajectory, cond, bases)},)
 
 
 NODE_CLASS_MAPPINGS = {"STEMInvert": STEMInvert, "STEMReconstruct": STEMReconstruct}

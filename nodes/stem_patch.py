@@ -45,8 +45,10 @@ class STEMBasisEstimate:
             "layers": ("STRING", {"default": "all", "tooltip":
                 "Which of the 16 self-attention layers use the video context: all, encoder, middle, decoder, "
                 "or names like input_1, output_11 (comma separated)."}),
-            "warm_start": ("BOOLEAN", {"default": True, "tooltip":
-                "Start each layer's EM from its bases of the previous step of the same run."}),
+            "warm_start": ("BOOLEAN", {"default": False, "tooltip":
+                "Start each layer's EM from its bases of the previous step of the same run. Off by default: on "
+                "test features warm bases drifted from the cold fixed point (bench/README.md); on with iterations 1 "
+                "is the fast setting."}),
             "init": (["tokens", "gaussian"], {"default": "tokens", "tooltip":
                 "tokens: K distinct tokens of the video (seeded). gaussian: draws from the features' "
                 "per-channel statistics (released-code style)."}),

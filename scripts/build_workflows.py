@@ -15,6 +15,10 @@ from workflow_format import build_ui, node_spec, ui_to_api  # noqa: E402
 
 TINY_NOTE = "tiny test model: not a real edit"
 DEMO_VIDEO = "stem_demo.mp4"
+SOURCE_PROMPT = "a red disc and a blue square moving over a textured background"
+TARGET_PROMPT = "a red disc and a golden square moving over a textured background"
+STYLE_PROMPT = "a watercolor painting of a red disc and a blue square moving over a textured background"
+NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
 
 
 def n(node_id, class_type, title=None, **inputs):
@@ -25,24 +29,23 @@ def loader_and_model(video=DEMO_VIDEO, width=128, height=128, frames=16):
     return [
         n(1, "STEMVideoLoad", "Load video", video=video, force_rate=0.0, custom_width=width, custom_height=height,
           frame_load_cap=frames, skip_first_frames=0, select_every_nth=1, size_mode="resize"),
-        n(2, "STEMTinyTestModel", "Model (tiny test model; use Load Checkpoint for real edits)", seed=0,
-          model_channels=32),
+        n(2, "STEMTinyTestModel", "Tiny test model (swap for Load Checkpoint)", seed=0, model_channels=32),
         n(3, "VAEEncode", "Encode frames", pixels=[1, 0], vae=[2, 2]),
-        n(4, "CLIPTextEncode", "Source prompt", text="a wolf standing in the snow", clip=[2, 1]),
+        n(4, "CLIPTextEncode", "Source prompt", text=SOURCE_PROMPT, clip=[2, 1]),
     ]
 
 
 def stem_patch(node_id, context="stem", model=(2, 0), title=None):
     return n(node_id, "STEMBasisEstimate", title or f"Video attention: {context}", model=list(model),
              attention_context=context, num_bases=256, iterations=3, tau=0.05, seed=0, variant="paper",
-             layers="all", warm_start=True, init="tokens", chunk_tokens=0)
+             layers="all", warm_start=False, init="tokens", chunk_tokens=0)
 
 
 def reconstruction_graph():
     return loader_and_model() + [
         stem_patch(5),
         n(6, "STEMInvert", "STEM inversion", model=[5, 0], latent=[3, 0], source_conditioning=[4, 0], steps=50),
-        n(7, "STEMReconstruct", "DDIM reconstruction", model=[5, 0], trajectory=[6, 1]),
+        n(7, "STEMReconstruct", "DDIM reconstruction", model=[5, 0], trajectory=[6, 1], bases="replay inversion bases"),
         n(8, "VAEDecode", "Decode", samples=[7, 0], vae=[2, 2]),
         n(9, "STEMSaveVideo", "Save reconstruction", images=[8, 0], fps=[1, 2], filename_prefix="STEM/reconstruction"),
         n(10, "STEMVideoMetrics", "Reconstruction metrics", source=[1, 0], result=[8, 0], warp_error=True,
@@ -56,8 +59,67 @@ def reconstruction_graph():
     ]
 
 
+def tokenflow_edit(node_id, trajectory, title, prefix, label, model=(2, 0)):
+    return [
+        n(node_id, "STEMTokenFlowEdit", title, model=list(model), trajectory=[trajectory, 1], positive=[7, 0],
+          negative=[8, 0], steps=50, cfg=7.5, pnp_f_t=0.8, pnp_attn_t=0.5, chunk_size=8, seed=0,
+          source_conditioning=[4, 0], source_latent=[3, 0], blend="paper"),
+        n(node_id + 1, "VAEDecode", "Decode edit", samples=[node_id, 0], vae=[2, 2]),
+        n(node_id + 2, "STEMSaveVideo", f"Save {label}", images=[node_id + 1, 0], fps=[1, 2], filename_prefix=prefix),
+        n(node_id + 3, "STEMVideoMetrics", f"Metrics: {label}", source=[1, 0], result=[node_id + 1, 0],
+          warp_error=True, flow_method="dis", label=label, filename_prefix=prefix + "_metrics", notice=[2, 3]),
+    ]
+
+
+def prompts_for_edit():
+    return [n(7, "CLIPTextEncode", "Target prompt", text=STYLE_PROMPT, clip=[2, 1]),
+            n(8, "CLIPTextEncode", "Negative prompt", text=NEGATIVE_PROMPT, clip=[2, 1])]
+
+
+def tokenflow_graph():
+    return loader_and_model() + [stem_patch(5),
+        n(6, "STEMInvert", "STEM inversion", model=[5, 0], latent=[3, 0], source_conditioning=[4, 0], steps=50),
+    ] + prompts_for_edit() + tokenflow_edit(9, 6, "STEM-TokenFlow edit", "STEM/tokenflow_stem", "STEM-TokenFlow edit")
+
+
+def tokenflow_side_by_side_graph():
+    """The same edit after per-frame DDIM inversion and after STEM inversion, with metrics for both."""
+    return loader_and_model() + [stem_patch(5)] + prompts_for_edit() + [
+        n(20, "STEMInvert", "Per-frame DDIM inversion", model=[2, 0], latent=[3, 0], source_conditioning=[4, 0],
+          steps=50),
+    ] + tokenflow_edit(21, 20, "TokenFlow edit (DDIM inversion)", "STEM/tokenflow_ddim",
+                       "TokenFlow (per-frame DDIM inversion)") + [
+        n(30, "STEMInvert", "STEM inversion", model=[5, 0], latent=[3, 0], source_conditioning=[4, 0], steps=50),
+    ] + tokenflow_edit(31, 30, "TokenFlow edit (STEM inversion)", "STEM/tokenflow_stem",
+                       "STEM-TokenFlow (STEM inversion)")
+
+
+def fatezero_graph():
+    return loader_and_model() + [
+        stem_patch(5),
+        n(6, "STEMAttentionStore", "Attention store (for FateZero)", model=[5, 0], layers="fatezero", keep="cpu"),
+        n(7, "STEMInvert", "STEM inversion (records attention)", model=[6, 0], latent=[3, 0],
+          source_conditioning=[4, 0], steps=50),
+        n(8, "STEMFateZeroEdit", "STEM-FateZero edit", model=[5, 0], trajectory=[7, 1], clip=[2, 1],
+          source_prompt=SOURCE_PROMPT, target_prompt=TARGET_PROMPT, blend_words="square", blend_threshold=0.3,
+          cross_replace_steps=0.8, self_replace_steps=0.5, reweight="", cfg=7.5, steps=50, latent_blend=False,
+          release_store=False),
+        n(9, "VAEDecode", "Decode edit", samples=[8, 0], vae=[2, 2]),
+        n(10, "STEMSaveVideo", "Save STEM-FateZero edit", images=[9, 0], fps=[1, 2],
+          filename_prefix="STEM/fatezero_stem"),
+        n(11, "STEMVideoMetrics", "Metrics: STEM-FateZero edit", source=[1, 0], result=[9, 0], warp_error=True,
+          flow_method="dis", label="STEM-FateZero edit", filename_prefix="STEM/fatezero_stem_metrics",
+          notice=[2, 3]),
+        n(12, "MaskToImage", "Blend mask as image", mask=[8, 1]),
+        n(13, "PreviewImage", "Blend mask", images=[12, 0]),
+    ]
+
+
 GRAPHS = {
     "stem_reconstruction": reconstruction_graph,
+    "tokenflow_stem": tokenflow_graph,
+    "tokenflow_side_by_side": tokenflow_side_by_side_graph,
+    "fatezero_stem": fatezero_graph,
 }
 
 
@@ -67,7 +129,9 @@ def boot_classes():
     import comfy.cli_args
     comfy.cli_args.args.cpu = True
     import nodes
-    nodes.load_custom_node(str(host / "custom_nodes" / "ComfyUI-STEM"))
+    nodes.init_custom_nodes()  # comfy_extras (MaskToImage, ...) and custom_nodes, as the server does
+    if "STEMInvert" not in nodes.NODE_CLASS_MAPPINGS:
+        raise SystemExit(f"the pack is not linked into {host}/custom_nodes; run `make setup`")
     return nodes.NODE_CLASS_MAPPINGS
 
 

@@ -66,8 +66,8 @@ def build_ui(graph: list, specs: dict) -> dict:
                     out_links.setdefault((int(value[0]), value[1]), []).append(lid)
                     entry["link"] = lid
                 ui_inputs.append(entry)
-        x, y = n.get("pos", (60 + 330 * (order % 5), 80 + 380 * (order // 5)))
-        node = {"id": int(n["id"]), "type": n["class_type"], "pos": [x, y], "size": [300, 160], "flags": {},
+        x, y = n.get("pos", (40 + 400 * (order % 5), 60 + 430 * (order // 5)))
+        node = {"id": int(n["id"]), "type": n["class_type"], "pos": [x, y], "size": [360, 200], "flags": {},
                 "order": order, "mode": 0, "inputs": ui_inputs, "outputs": [],
                 "properties": {"Node name for S&R": n["class_type"]}, "widgets_values": widgets}
         if n.get("title"):

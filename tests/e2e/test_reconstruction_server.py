@@ -12,16 +12,17 @@ sys.path.insert(0, str(REPO / "scripts"))
 import run_workflow as rw  # noqa: E402
 
 OUR_NODES = {"STEMVideoLoad", "STEMBasisEstimate", "STEMInvert", "STEMReconstruct", "STEMVideoMetrics",
-             "STEMSaveVideo", "STEMTinyTestModel"}
+             "STEMSaveVideo", "STEMTinyTestModel", "STEMTokenFlowEdit", "STEMAttentionStore", "STEMFateZeroEdit"}
 
 
 def small(workflow, video, frames=6, size=64, steps=4):
-    """The shipped workflow, shrunk so it runs in seconds on the CI's 2 cores."""
+    """A shipped workflow, shrunk so it runs in seconds on the CI's 2 cores (inversion and edits keep
+    matching step counts)."""
     for node in workflow.values():
         inputs = node["inputs"]
         if node["class_type"] == "STEMVideoLoad":
             inputs.update(video=video, frame_load_cap=frames, custom_width=size, custom_height=size)
-        if node["class_type"] == "STEMInvert":
+        if "steps" in inputs and not isinstance(inputs["steps"], list):
             inputs["steps"] = steps
         if node["class_type"] == "STEMBasisEstimate":
             inputs["num_bases"] = 32
