@@ -256,6 +256,8 @@ class STEMReconstruct:
     def reconstruct(self, model, trajectory, bases=REPLAY, conditioning=None):
         if not isinstance(trajectory, InversionTrajectory):
             raise STEMInputError("trajectory: connect the trajectory output of STEM Invert")
+        if bases not in (REPLAY, RE_ESTIMATE):
+            raise STEMInputError(f"bases must be '{REPLAY}' or '{RE_ESTIMATE}', got '{bases}'")
         cond = conditioning if conditioning is not None else trajectory.source_conditioning
         check_conditioning(cond, model, "conditioning")
         return ({"samples": reconstruct_video(model, trajectory, cond, bases)},)

@@ -86,7 +86,7 @@ def test_non_finite_conditioning_in_reconstruct(node, tiny, encoded):
     latent, cond = encoded
     _, traj, _ = node("STEMInvert").invert(model, latent, cond, 2)
     with pytest.raises(ValueError) as err:
-        node("STEMReconstruct").reconstruct(model, traj, bad_cond(cond, float("nan")))
+        node("STEMReconstruct").reconstruct(model, traj, conditioning=bad_cond(cond, float("nan")))
     record("rec_cond_nan", "NaN in the conditioning given to STEM Reconstruct", "error", str(err.value))
     assert "NaN or Inf" in str(err.value)
 

@@ -57,8 +57,9 @@ def test_reconstruction_error_shrinks_with_steps(node, tiny, encoded):
     """With replayed bases the reconstruction runs the inversion's own ODE backwards: finer steps, smaller error."""
     model = stem_model(node, tiny[0])
     latent, cond = encoded
-    errors = [rel_err(invert_and_reconstruct(node, model, latent, cond, s)[2], latent["samples"]) for s in (4, 16)]
-    assert errors[1] < errors[0]
+    # steps that divide 1000, so ddim_uniform gives exactly that many steps (measured: 2.8% -> 1.2%)
+    errors = [rel_err(invert_and_reconstruct(node, model, latent, cond, s)[2], latent["samples"]) for s in (10, 50)]
+    assert errors[1] < 0.7 * errors[0]
 
 
 @pytest.mark.parametrize("context", ["per_frame", "stem"])
@@ -69,10 +70,11 @@ def test_reconstruct_equals_ksampler_advanced(comfy_host, node, tiny, encoded, c
     model = stem_model(node, tiny[0], attention_context=context)
     latent, cond = encoded
     with torch.no_grad():
-        inv, traj, _ = node("STEMInvert").invert(model, latent, cond, 6)
+        # 5 divides 1000: ddim_uniform gives exactly 5 steps, so KSamplerAdvanced's end_at_step covers them all
+        inv, traj, _ = node("STEMInvert").invert(model, latent, cond, 5)
         ours = node("STEMReconstruct").reconstruct(model, traj, "re-estimate bases")[0]["samples"]
         core = comfy_host["nodes"].KSamplerAdvanced().sample(
-            model, "disable", 0, 6, 1.0, "euler", "ddim_uniform", cond, cond, inv, 0, 6, "disable")[0]
+            model, "disable", 0, 5, 1.0, "euler", "ddim_uniform", cond, cond, inv, 0, 5, "disable")[0]
     if context == "per_frame":
         assert torch.allclose(core["samples"], ours, atol=1e-4)
     else:
