@@ -36,6 +36,23 @@ CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def bench_args(doc: str, argv=None, extra=None):
+    """The options every benchmark shares (--quick, --device, --dtype, --out); `extra(parser)` adds more.
+    Returns (args, device, dtype, out folder)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    return args, device, resolve_dtype(args.dtype, device), Path(args.out)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda":
         if not torch.cuda.is_available():

@@ -27,7 +27,6 @@ A configuration predicted to exceed even that budget, or the memory budget, is l
 """
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
@@ -40,8 +39,8 @@ from stem_core.attention import all_frame_attention, attention, stem_attention, 
 from stem_core.em import estimate_bases
 from stem_core.patch import ALL_FRAME_QUERY_CHUNK
 
-from . import (DEFAULT_OUT, PeakMemory, fmt_bytes, fmt_s, machine_info, markdown_table, resolve_device,
-               resolve_dtype, sync, write_json)
+from . import (DEFAULT_OUT, bench_args, PeakMemory, fmt_bytes, fmt_s, machine_info, markdown_table,
+               sync, write_json)
 
 HEADS = 8
 TAU = 0.05
@@ -375,20 +374,16 @@ def tables(payload) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--out", default=str(DEFAULT_OUT))
-    parser.add_argument("--budget-s", type=float, default=None, help="time budget of one run of one method")
-    parser.add_argument("--tokens", default="", help="only these tokens-per-frame sizes, e.g. 4096")
-    parser.add_argument("--frames", default="", help="only these frame counts, e.g. 16,48")
-    parser.add_argument("--methods", default="", help=f"subset of {','.join(METHODS)} (per_frame always runs)")
-    a = parser.parse_args(argv)
-    device = resolve_device(a.device)
+    def extra(parser):
+        parser.add_argument("--budget-s", type=float, default=None, help="time budget of one run of one method")
+        parser.add_argument("--tokens", default="", help="only these tokens-per-frame sizes, e.g. 4096")
+        parser.add_argument("--frames", default="", help="only these frame counts, e.g. 16,48")
+        parser.add_argument("--methods", default="", help=f"subset of {','.join(METHODS)} (per_frame always runs)")
+
+    a, device, dtype, out = bench_args(__doc__, argv, extra)
     ints = lambda text: [int(v) for v in text.split(",") if v.strip()]
-    run(a.quick, device, resolve_dtype(a.dtype, device), Path(a.out), a.budget_s, ints(a.tokens) or None,
-        ints(a.frames) or None, [m for m in a.methods.split(",") if m] or None)
+    run(a.quick, device, dtype, out, a.budget_s, ints(a.tokens) or None, ints(a.frames) or None,
+        [m for m in a.methods.split(",") if m] or None)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ The bases are converged bases of clustered features, so the softmax sees the pea
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from stem_core.em import e_step, estimate_bases, m_step
 
-from . import DEFAULT_OUT, fmt_s, machine_info, markdown_table, resolve_device, resolve_dtype, sync, write_json
+from . import DEFAULT_OUT, bench_args, fmt_s, machine_info, markdown_table, sync, write_json
 from .bench_attention import TAU, clustered_features
 
 FULL_SHAPES = ((48, 4096, 320, 256), (48, 1024, 640, 256), (16, 4096, 320, 128), (16, 4096, 320, 512))
@@ -114,14 +113,8 @@ def tables(payload) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--out", default=str(DEFAULT_OUT))
-    a = parser.parse_args(argv)
-    device = resolve_device(a.device)
-    run(a.quick, device, resolve_dtype(a.dtype, device), Path(a.out))
+    a, device, dtype, out = bench_args(__doc__, argv)
+    run(a.quick, device, dtype, out)
 
 
 if __name__ == "__main__":

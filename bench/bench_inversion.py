@@ -17,14 +17,13 @@ Run alone: ``python -m bench.bench_inversion [--quick] [--device cpu|cuda] [--dt
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import torch
 
-from . import (COMFYUI_DIR, DEFAULT_OUT, SHARED_VIDEOS, PeakMemory, fmt_bytes, fmt_s, machine_info,
-               markdown_table, resolve_device, resolve_dtype, sync, write_json)
+from . import (COMFYUI_DIR, DEFAULT_OUT, bench_args, SHARED_VIDEOS, PeakMemory, fmt_bytes, fmt_s, machine_info,
+               markdown_table, sync, write_json)
 
 PAPER_STEPS = 50
 
@@ -162,18 +161,11 @@ def run(quick: bool, device: torch.device, dtype: torch.dtype, out_dir=DEFAULT_O
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--out", default=str(DEFAULT_OUT))
-    parser.add_argument("--contexts", default="", help="comma-separated subset of context keys")
-    a = parser.parse_args(argv)
-    from pathlib import Path
-    device = resolve_device(a.device)
-    dtype = resolve_dtype(a.dtype, device)
-    contexts = [c for c in a.contexts.split(",") if c] or None
-    run(a.quick, device, dtype, Path(a.out), contexts)
+    def extra(parser):
+        parser.add_argument("--contexts", default="", help="comma-separated subset of context keys")
+
+    a, device, dtype, out = bench_args(__doc__, argv, extra)
+    run(a.quick, device, dtype, out, [c for c in a.contexts.split(",") if c] or None)
 
 
 if __name__ == "__main__":

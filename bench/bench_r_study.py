@@ -15,14 +15,13 @@ Numbers are means over the steps t >= 1 (step 0 has no previous bases, warm = co
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
 
 import torch
 
-from . import DEFAULT_OUT, machine_info, markdown_table, resolve_device, resolve_dtype, write_json
+from . import DEFAULT_OUT, bench_args, machine_info, markdown_table, write_json
 
 R_VALUES = (0, 1, 2, 3, 5, 8)
 SITES = (("input", 1), ("input", 7))
@@ -157,14 +156,8 @@ def tables(payload) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--out", default=str(DEFAULT_OUT))
-    a = parser.parse_args(argv)
-    device = resolve_device(a.device)
-    run(a.quick, device, resolve_dtype(a.dtype, device), Path(a.out))
+    a, device, dtype, out = bench_args(__doc__, argv)
+    run(a.quick, device, dtype, out)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,9 @@ class STEMVideoMetrics:
         with open(os.path.join(folder, base + ".json"), "w") as f:
             json.dump(data, f, indent=1)
         curves = {k: [float(x) for x in v] for k, v in per_frame.items()}
-        plot_curves_png(curves, os.path.join(folder, base + ".png"), title=f"{label}: per-frame metrics")
+        # warp error compares frame k with k-1, so its first value belongs to frame 1
+        plot_curves_png(curves, os.path.join(folder, base + ".png"), title=f"{label}: per-frame metrics",
+                        x_starts={"warp_error": 1})
         files = [{"filename": base + ".png", "subfolder": subfolder, "type": "output"}]
         return {"ui": {"text": [text], "images": files,
                        "reports": [{"filename": base + ".json", "subfolder": subfolder, "type": "output"}]},

@@ -2,7 +2,6 @@
 import os
 
 import cv2
-import numpy as np
 import torch
 
 import folder_paths

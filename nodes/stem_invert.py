@@ -1,7 +1,6 @@
 """STEMInvert (DDIM inversion of the whole video with the model's attention context) and
 STEMReconstruct (deterministic DDIM sampling back from the trajectory)."""
 import logging
-import math
 
 import torch
 

@@ -30,7 +30,7 @@ def main(argv=None):
     ap.add_argument("--checkpoint", help="an SD1.5 checkpoint name in ComfyUI's models/checkpoints")
     ap.add_argument("--workflow", default=str(REPO / "workflows" / "api" / "stem_reconstruction.json"))
     ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--steps", type=int, help="DDIM steps (default: the workflow's 50; 25 with the tiny model)")
+    ap.add_argument("--steps", type=int, help="DDIM steps (default: the workflow's 50, as in the paper)")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--gpu", action="store_true", help="do not pass --cpu to ComfyUI")
     args = ap.parse_args(argv)
@@ -54,8 +54,6 @@ def main(argv=None):
 
     workflow = rw.load_workflow(args.workflow)
     workflow = rw.apply_overrides(workflow, video=video_name, checkpoint=args.checkpoint)
-    if not args.checkpoint and args.steps is None:
-        args.steps = 25  # the tiny model on 2 CPU cores: half the paper's 50 steps keeps the demo short
     if args.steps is not None:
         for node in workflow.values():
             if node["class_type"] == "STEMInvert":

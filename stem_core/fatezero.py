@@ -40,7 +40,6 @@ import math
 import os
 import shutil
 import tempfile
-import uuid
 import weakref
 from dataclasses import dataclass
 
