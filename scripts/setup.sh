@@ -26,11 +26,13 @@ else
 fi
 ln -sfn "$venv" .venv
 
-if [ -n "${COMFYUI_DIR:-}" ]; then
+pinned="$repo/.host/ComfyUI"
+# The Makefile exports COMFYUI_DIR=<repo>/.host/ComfyUI by default: that means the pinned copy.
+if [ -n "${COMFYUI_DIR:-}" ] && [ "$(realpath -m "$COMFYUI_DIR")" != "$(realpath -m "$pinned")" ]; then
   host="$COMFYUI_DIR"
   [ -f "$host/main.py" ] || { echo "[setup] COMFYUI_DIR=$host has no main.py; point it at a ComfyUI checkout" >&2; exit 2; }
 else
-  host="$repo/.host/ComfyUI"
+  host="$pinned"
   if [ ! -f "$host/.complete" ]; then
     echo "[setup] copying the pinned ComfyUI tree into $host"
     rm -rf "$host"; mkdir -p "$(dirname "$host")"
