@@ -38,7 +38,7 @@ _RESETTABLE = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Group
                torch.nn.Embedding)
 
 
-def reset_weights(module: torch.nn.Module, seed: int, output_scale: float = 1.0):
+def reset_weights(module: torch.nn.Module, seed: int):
     """ComfyUI builds layers without initialisation (uninitialised memory, NaN seen); give every
     layer torch's own default initialisation under a seed."""
     gen_state = torch.random.get_rng_state()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field, replace as dc_replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -309,11 +309,8 @@ class AttentionReplace:
 
 
 def install_plan(settings: STEMSettings):
-    """(attn1_patch or None, {site: attn1_replace}) for a model clone with these settings."""
+    """(attn1_patch, {site: attn1_replace}) for a model clone with these settings (no replaces for the
+    paper's STEM and per_frame, whose attention ComfyUI computes itself)."""
     patch = VideoAttentionPatch(settings)
     replaces = {site: patch.replace_for(site) for site in settings.layers} if patch.needs_replace else {}
     return patch, replaces
-
-
-def with_settings(settings: STEMSettings, **changes) -> STEMSettings:
-    return dc_replace(settings, **changes).validated()

@@ -1,0 +1,97 @@
+"""The STEM attention patch without ComfyUI: layer selection, whole-video grouping, the mu = X limit,
+warm-start run boundaries and replayed bases."""
+import pytest
+import torch
+
+from stem_core import attention as attn
+from stem_core.patch import (SD15_ATTN1_SITES, PatchError, STEMSettings, VideoAttentionPatch, install_plan,
+                             parse_layers)
+
+HEADS = 2
+
+
+def opts(site=("input", 1), groups=1, frames=None, sigma=1.0):
+    o = {"block": site, "cond_or_uncond": list(range(groups)), "sigmas": torch.tensor([sigma]), "n_heads": HEADS}
+    if frames is not None:
+        o["stem_video_frames"] = frames
+    return o
+
+
+def test_parse_layers_groups_and_names():
+    assert parse_layers("all") == SD15_ATTN1_SITES
+    assert len(parse_layers("decoder")) == 9 and len(parse_layers("encoder")) == 6
+    assert parse_layers("output_11, input_1") == (("input", 1), ("output", 11))
+    with pytest.raises(PatchError, match="unknown layer 'output_2'"):
+        parse_layers("output_2")
+
+
+def test_settings_validation_names_the_input():
+    for bad, word in [({"num_bases": 0}, "num_bases"), ({"iterations": -1}, "iterations"),
+                      ({"tau": float("nan")}, "tau"), ({"context": "x"}, "context")]:
+        with pytest.raises(PatchError, match=word):
+            STEMSettings(**bad).validated()
+
+
+def test_mu_equal_x_reproduces_all_frame_attention():
+    """K = every token, R = 0, token init: the bases are the video's tokens, so STEM-SA is all-frame attention."""
+    torch.manual_seed(0)
+    frames, tokens, c = 3, 5, 8
+    n = torch.randn(frames, tokens, c, dtype=torch.float64)
+    patch = VideoAttentionPatch(STEMSettings(num_bases=frames * tokens, iterations=0))
+    _, mu, _ = patch(n, n, n, opts(frames=frames))
+    wq, wk, wv = (torch.randn(c, c, dtype=torch.float64) for _ in range(3))
+    stem = attn.attention(n @ wq, mu @ wk, mu @ wv, HEADS)
+    full = attn.all_frame_attention(n @ wq, n @ wk, n @ wv, frames, HEADS)
+    assert torch.allclose(stem, full, atol=1e-10)
+
+
+def test_groups_get_their_own_bases_and_partial_videos_are_refused():
+    frames, tokens, c = 2, 6, 4
+    cond = torch.randn(frames, tokens, c)
+    n = torch.cat([cond, cond + 100.0])  # uncond group far away from the cond group
+    patch = VideoAttentionPatch(STEMSettings(num_bases=3, iterations=2))
+    _, mu, _ = patch(n, n, n, opts(groups=2, frames=frames))
+    assert mu.shape == (2 * frames, 3, c)
+    assert mu[:frames].max() < 50 and mu[frames:].min() > 50
+    one = cond[:1]
+    with pytest.raises(PatchError, match="saw 1 frames in one call but the video has 2"):
+        patch(one, one, one, opts(frames=frames))
+
+
+def test_unselected_layers_are_untouched():
+    n = torch.randn(2, 4, 4)
+    patch = VideoAttentionPatch(STEMSettings(num_bases=2, layers=parse_layers("decoder")))
+    assert patch(n, n, n, opts(site=("input", 1)))[1] is n
+
+
+def test_warm_start_only_within_one_monotone_run():
+    patch = VideoAttentionPatch(STEMSettings(num_bases=2, warm_start=True))
+    key, bases = ("k",), torch.zeros(1, 2, 3)
+    patch._remember(key, 1.0, bases)
+    assert torch.equal(patch._warm_bases(key, 2.0), bases)  # second call fixes the direction (ascending)
+    patch._remember(key, 2.0, bases)
+    assert torch.equal(patch._warm_bases(key, 3.0), bases)  # same direction: warm
+    assert patch._warm_bases(key, 0.5) is None      # sigma went back: a new run, cold start
+    assert patch._warm_bases(key, 2.0) is None      # same sigma again: a new run
+
+
+def test_replay_uses_the_nearest_recorded_sigma():
+    patch = VideoAttentionPatch(STEMSettings(num_bases=2))
+    site = ("input", 1)
+    table = [(s, {site: torch.full((1, 2, 4), s)}) for s in (0.1, 1.0, 10.0)]
+    patch.set_replay(table)
+    n = torch.randn(2, 3, 4)
+    _, mu, _ = patch(n, n, n, opts(site=site, sigma=1.2))
+    assert torch.all(mu == 1.0)
+    _, mu, _ = patch(n, n, n, opts(site=site, sigma=14.0))
+    assert torch.all(mu == 10.0)
+
+
+def test_deepcopy_gives_fresh_state_and_replaces_follow_the_copy():
+    import copy
+    patch, replaces = install_plan(STEMSettings(context="two_frame"))
+    patch.state.warm["x"] = (1.0, 0, torch.zeros(1))
+    options = {"patch": patch, "replaces": replaces}
+    clone = copy.deepcopy(options)
+    assert clone["patch"] is not patch and clone["patch"].settings == patch.settings and not clone["patch"].state.warm
+    assert all(r.patch is clone["patch"] for r in clone["replaces"].values())
