@@ -3,6 +3,8 @@
 The host directory goes first on sys.path so `import nodes` is ComfyUI's nodes.py, not this pack's
 nodes/ package; the pack is then loaded the way ComfyUI loads custom nodes.
 """
+import asyncio
+import inspect
 import shutil
 import sys
 
@@ -30,8 +32,14 @@ def _boot_host():
 
     pack_link = COMFYUI_DIR / "custom_nodes" / "ComfyUI-STEM"
     pack_path = pack_link if pack_link.exists() else REPO
-    comfy_nodes.load_custom_node(str(pack_path))
-    _HOST.update(nodes=comfy_nodes, folder_paths=folder_paths, pack_module=sys.modules[pack_path.name])
+    loaded = comfy_nodes.load_custom_node(str(pack_path))
+    if inspect.iscoroutine(loaded):  # ComfyUI 2025+: load_custom_node is async
+        loaded = asyncio.run(loaded)
+    if loaded is False:
+        pytest.fail(f"ComfyUI failed to load the pack from {pack_path}")
+    # old hosts key the module by folder name, new ones by the full path with "." -> "_x_"
+    module = sys.modules.get(pack_path.name) or sys.modules[str(pack_path).replace(".", "_x_")]
+    _HOST.update(nodes=comfy_nodes, folder_paths=folder_paths, pack_module=module)
     return _HOST
 
 

@@ -72,7 +72,8 @@ def run(comfy_host, tiny, clip8):
         r["rec_before"] = mappings["STEMReconstruct"]().reconstruct(model, traj)[0]["samples"]
 
         updates = []
-        comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, *a: updates.append((value, total)))
+        # ComfyUI 2025+ also passes node_id= to the hook
+        comfy.utils.set_progress_bar_global_hook(lambda value, total, *a, **kw: updates.append((value, total)))
         try:
             edit = mappings["STEMTokenFlowEdit"]()
             # the paper's editing settings, a different target prompt (input MODEL carries the STEM patch)

@@ -81,21 +81,31 @@ def test_validate_inputs(comfy_host, input_with_clip):
     assert isinstance(missing, str) and "nope.mp4" in missing and "not found" in missing
 
 
-def test_server_validation_rejects_traversal(comfy_host, input_with_clip):
-    """The host's own prompt validation turns VALIDATE_INPUTS' text into a node error before execution."""
+def _validate(prompt):
+    """execution.validate_prompt(prompt) on the pinned host; ComfyUI 2025+ made it async with more arguments."""
+    import asyncio
+    import inspect
+
     import execution
 
+    if "partial_execution_list" in inspect.signature(execution.validate_prompt).parameters:
+        return asyncio.run(execution.validate_prompt("test", prompt, None))
+    return execution.validate_prompt(prompt)
+
+
+def test_server_validation_rejects_traversal(comfy_host, input_with_clip):
+    """The host's own prompt validation turns VALIDATE_INPUTS' text into a node error before execution."""
     input_with_clip("wolf.mp4")
     prompt = {
         "1": {"class_type": "STEMVideoLoad", "inputs": {"video": "../etc/passwd", **LOAD_DEFAULTS}},
         "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
     }
-    valid, _, _, node_errors = execution.validate_prompt(prompt)
+    valid, _, _, node_errors = _validate(prompt)
     assert not valid
     text = str(node_errors)
     assert "outside ComfyUI's input folder" in text
     prompt["1"]["inputs"]["video"] = "wolf.mp4"
-    assert execution.validate_prompt(prompt)[0] is True
+    assert _validate(prompt)[0] is True
 
 
 def test_node_errors(node, input_with_clip, input_dir):
