@@ -50,12 +50,3 @@ def progress_bar(total: int):
 
 def throw_if_interrupted():
     comfy.model_management.throw_exception_if_processing_interrupted()
-
-
-def is_interrupt(exc: BaseException) -> bool:
-    return isinstance(exc, comfy.model_management.InterruptProcessingException)
-
-
-def extra_option(extra_options: dict, name: str, default=None):
-    """extra_options keys differ between host versions; always read with a default."""
-    return extra_options.get(name, default)
