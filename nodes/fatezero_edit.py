@@ -9,7 +9,7 @@ import torch
 
 from ..stem_core.ddim import ddim_step
 from ..stem_core.fatezero import (AttentionRecorder, AttentionStore, FateZeroError, FusionPatches, FusionSettings,
-                                  _FuseCross, _FuseSelf, _RecordCross, _RecordSelf, align_prompts, equalizer, find_word,
+                                  _FuseCross, _FuseSelf, _RecordAttention, align_prompts, equalizer, find_word,
                                   fused_steps, latent_blend_active, parse_reweight, parse_store_layers,
                                   parse_words)
 from ..stem_core.patch import site_name
@@ -57,10 +57,10 @@ def _strip_pack_patches(model):
     for name, table in topts.get("patches_replace", {}).items():
         new = {}
         for key, fn in table.items():
-            if isinstance(fn, (_RecordSelf, _FuseSelf)):
+            if isinstance(fn, (_RecordAttention, _FuseSelf)):
                 if fn.wrapped is not None:
                     new[key] = fn.wrapped
-            elif not isinstance(fn, (_RecordCross, _FuseCross)):
+            elif not isinstance(fn, _FuseCross):
                 new[key] = fn
         replaces[name] = new
     topts["patches"] = patches

@@ -545,15 +545,18 @@ class AttentionRecorder:
         return n, context, value
 
     def self_replace(self, site, wrapped=None):
-        return _RecordSelf(self, site, wrapped)
+        return _RecordAttention(self, site, "self", wrapped)
 
     def cross_replace(self, site, wrapped=None):
-        return _RecordCross(self, site, wrapped)
+        return _RecordAttention(self, site, "cross", wrapped)
 
 
-class _RecordSelf:
-    def __init__(self, recorder, site, wrapped=None):
-        self.recorder, self.site, self.wrapped = recorder, tuple(site), wrapped
+class _RecordAttention:
+    """attn1/attn2 replace that records the conditional branch's probability maps at each inversion step
+    (kind "self": keys/values in the inversion's attention context; kind "cross": the prompt tokens)."""
+
+    def __init__(self, recorder, site, kind, wrapped=None):
+        self.recorder, self.site, self.kind, self.wrapped = recorder, tuple(site), kind, wrapped
 
     def to(self, device_or_dtype):
         return self
@@ -567,29 +570,11 @@ class _RecordSelf:
             if self.wrapped is not None:
                 return self.wrapped(q, k, v, extra_options)
             return attn.attention(q, k, v, heads)
-        ctx = rec.context_at(self.site)
-        kk, vv = expand_context(k, frames, ctx), expand_context(v, frames, ctx)
-        out, probs = attn.attention_with_probs(q, kk, vv, heads)
-        rec.store.put(step, "self", self.site, probs[_rows(cond_or_uncond.index(0), frames)])
-        return out
-
-
-class _RecordCross:
-    def __init__(self, recorder, site, wrapped=None):
-        self.recorder, self.site, self.wrapped = recorder, tuple(site), wrapped
-
-    def to(self, device_or_dtype):
-        return self
-
-    def __call__(self, q, k, v, extra_options):
-        rec = self.recorder
-        heads = int(extra_options["n_heads"])
-        step = rec._step(extra_options) if rec.active else None
-        cond_or_uncond, frames = _groups_frames(q.shape[0], extra_options)
-        if step is None or 0 not in cond_or_uncond:
-            return attn.attention(q, k, v, heads)
+        if self.kind == "self":
+            ctx = rec.context_at(self.site)
+            k, v = expand_context(k, frames, ctx), expand_context(v, frames, ctx)
         out, probs = attn.attention_with_probs(q, k, v, heads)
-        rec.store.put(step, "cross", self.site, probs[_rows(cond_or_uncond.index(0), frames)])
+        rec.store.put(step, self.kind, self.site, probs[_rows(cond_or_uncond.index(0), frames)])
         return out
 
 
