@@ -201,6 +201,15 @@ def write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=1, default=str))
 
 
+def publish(out_dir: Path, name: str, payload: dict, tables: Callable[[dict], str]) -> dict:
+    """Writes NAME.json and the NAME.md table into out_dir, prints the table, returns the payload."""
+    write_json(out_dir / f"{name}.json", payload)
+    text = tables(payload)
+    (out_dir / f"{name}.md").write_text(text)
+    print(text, flush=True)
+    return payload
+
+
 def fmt_bytes(n: Optional[float]) -> str:
     if n is None:
         return "n/a"

@@ -39,7 +39,7 @@ from stem_core.attention import all_frame_attention, attention, stem_attention, 
 from stem_core.em import estimate_bases
 from stem_core.patch import ALL_FRAME_QUERY_CHUNK
 
-from . import (DEFAULT_OUT, bench_args, PeakMemory, fmt_bytes, fmt_s, machine_info, markdown_table,
+from . import (DEFAULT_OUT, bench_args, publish, PeakMemory, fmt_bytes, fmt_s, machine_info, markdown_table,
                sync, write_json)
 
 HEADS = 8
@@ -308,11 +308,7 @@ def run(quick: bool, device: torch.device, dtype: torch.dtype, out_dir: Path = D
             write_json(out_dir / "attention.partial.json", {"machine": machine_info(device, dtype), "rows": rows})
     payload = {"machine": machine_info(device, dtype), "heads": HEADS, "tau": TAU, "iterations": R,
                "budget_s": budget_s, "quick": quick, "rows": rows}
-    write_json(out_dir / "attention.json", payload)
-    text = tables(payload)
-    (out_dir / "attention.md").write_text(text)
-    print(text, flush=True)
-    return payload
+    return publish(out_dir, "attention", payload, tables)
 
 
 def tables(payload) -> str:

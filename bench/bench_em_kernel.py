@@ -21,7 +21,7 @@ import torch
 
 from stem_core.em import e_step, estimate_bases, m_step
 
-from . import DEFAULT_OUT, bench_args, fmt_s, machine_info, markdown_table, sync, write_json
+from . import DEFAULT_OUT, bench_args, publish, fmt_s, machine_info, markdown_table, sync
 from .bench_attention import TAU, clustered_features
 
 FULL_SHAPES = ((48, 4096, 320, 256), (48, 1024, 640, 256), (16, 4096, 320, 128), (16, 4096, 320, 512))
@@ -83,11 +83,7 @@ def run(quick: bool, device: torch.device, dtype: torch.dtype, out_dir: Path = D
         print(f"  EM kernel M={m} C={c} K={k}: " + ", ".join(f"{n} {fmt_s(t)}" for n, t in med.items()), flush=True)
         del x, x_c, z
     payload = {"machine": machine_info(device, dtype), "tau": TAU, "rounds": rounds, "rows": rows}
-    write_json(out_dir / "em_kernel.json", payload)
-    text = tables(payload)
-    (out_dir / "em_kernel.md").write_text(text)
-    print(text, flush=True)
-    return payload
+    return publish(out_dir, "em_kernel", payload, tables)
 
 
 def tables(payload) -> str:

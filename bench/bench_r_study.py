@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import DEFAULT_OUT, bench_args, machine_info, markdown_table, write_json
+from . import DEFAULT_OUT, bench_args, publish, machine_info, markdown_table
 
 R_VALUES = (0, 1, 2, 3, 5, 8)
 SITES = (("input", 1), ("input", 7))
@@ -126,11 +126,7 @@ def run(quick: bool, device: torch.device, dtype: torch.dtype, out_dir: Path = D
                          "rows": site_rows}
     payload = {"machine": machine_info(device, dtype), "setup": setup, "K": K, "tau": TAU,
                "reference_R": REFERENCE_R, "sites": results}
-    write_json(out_dir / "r_study.json", payload)
-    text = tables(payload)
-    (out_dir / "r_study.md").write_text(text)
-    print(text, flush=True)
-    return payload
+    return publish(out_dir, "r_study", payload, tables)
 
 
 def tables(payload) -> str:

@@ -638,6 +638,18 @@ def queue_and_wait(server: Any, workflow: Dict[str, dict], timeout: Optional[flo
 # starting a server
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    """Terminate a child process, killing it if it does not exit within `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now (tiny race window before ComfyUI binds it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -715,13 +727,7 @@ def start_server(comfyui_dir: str, python: Optional[str] = None, port: int = 0, 
         own_log = False  # keep the log of a failed run for the user to read
         raise
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_process(proc)
         log_file.close()
         if own_log:
             with contextlib.suppress(OSError):

@@ -148,12 +148,7 @@ def page(server):
     finally:
         if cdp is not None:
             cdp.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        rw.stop_process(proc, grace=15)
         log.close()
         shutil.rmtree(profile, ignore_errors=True)
 
