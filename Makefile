@@ -1,12 +1,14 @@
-# ComfyUI-STEM: `make demo` runs the example workflow headlessly, `make test` runs the whole suite.
-# Overrides: COMFYUI_DIR=/path/to/ComfyUI  CHECKPOINT=name.safetensors  VIDEO=clip.mp4  PORT=8199
+# ComfyUI-STEM: `make demo` runs an example workflow headlessly, `make test` runs the whole suite.
+# Overrides: COMFYUI_DIR=/path/to/ComfyUI  PYTHON=its/python  CHECKPOINT=name.safetensors  VIDEO=clip.mp4
+#            WORKFLOW=tokenflow_stem  FRAMES=16  SIZE=512x512  STEPS=50  PORT=8199
 SHELL := /bin/bash
 PY := .venv/bin/python
 HOST := $(if $(COMFYUI_DIR),$(COMFYUI_DIR),$(CURDIR)/.host/ComfyUI)
 export COMFYUI_DIR := $(HOST)
 DEMO_OUT ?= demo_output
+WORKFLOW ?= stem_reconstruction
 
-.PHONY: setup test test-core demo bench clean
+.PHONY: setup test test-core demo bench browser-deps workflows clean
 
 setup:
 	@bash scripts/setup.sh
@@ -18,11 +20,21 @@ test-core: setup
 	$(PY) -m pytest -q tests/core
 
 demo: setup
-	$(PY) scripts/demo.py --comfyui "$(HOST)" --out "$(DEMO_OUT)" \
-		$(if $(VIDEO),--video "$(VIDEO)") $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") $(if $(PORT),--port $(PORT))
+	$(PY) scripts/demo.py --comfyui "$(HOST)" --out "$(DEMO_OUT)" --workflow "$(WORKFLOW)" \
+		$(if $(VIDEO),--video "$(VIDEO)") $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") \
+		$(if $(FRAMES),--frames $(FRAMES)) $(if $(SIZE),--size $(SIZE)) $(if $(STEPS),--steps $(STEPS)) \
+		$(if $(PORT),--port $(PORT))
 
 bench: setup
 	$(PY) -m bench.run_all
+
+# Debian's chromium for the browser test (apt-get as root); without it that test is skipped.
+browser-deps:
+	@bash scripts/setup_browser.sh
+
+# Regenerate workflows/ and workflows/api/ from scripts/build_workflows.py.
+workflows: setup
+	$(PY) scripts/build_workflows.py
 
 clean:
 	rm -rf .host .venv $(DEMO_OUT) .pytest_cache

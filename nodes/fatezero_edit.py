@@ -14,7 +14,7 @@ from ..stem_core.fatezero import (AttentionRecorder, AttentionStore, FateZeroErr
                                   parse_words)
 from ..stem_core.patch import site_name
 from ..stem_core.trajectory import InversionTrajectory
-from .compat import category, progress_bar, sample_with_function, throw_if_interrupted
+from .compat import category, progress_bar, require_sd15, sample_with_function, throw_if_interrupted
 from .stem_invert import (MAX_STEPS, TRAJECTORY, check_same_schedule, check_steps, prepare_video_model,
                           run_guarded)
 from .stem_patch import find_stem_patch
@@ -100,6 +100,7 @@ class STEMAttentionStore:
                    "the self-attention maps are HW x K instead of HW x HW.")
 
     def apply(self, model, layers, keep):
+        require_sd15(model, self.TITLE)
         sites = parse_store_layers(layers)
         m = model.clone()
         topts = _strip_pack_patches(m)
@@ -276,6 +277,7 @@ class STEMFateZeroEdit:
     def edit(self, model, trajectory, clip, source_prompt, target_prompt, blend_words, blend_threshold,
              cross_replace_steps, self_replace_steps, reweight, cfg, steps, latent_blend=False,
              release_store=False):
+        require_sd15(model, self.TITLE)
         store = _get_store(trajectory)
         check_steps(steps)
         trajectory.check_matches(steps=int(steps), what="STEM FateZero Edit")

@@ -44,8 +44,8 @@ class STEMVideoMetrics:
             "filename_prefix": ("STRING", {"default": "STEM/metrics", "tooltip":
                 "Where the JSON report and the per-frame curve PNG go, inside ComfyUI's output folder."}),
         }, "optional": {
-            "notice": ("STRING", {"forceInput": True, "tooltip":
-                "Text to print at the top of the report (e.g. the tiny test model's notice)."}),
+            "notice": ("STRING", {"default": "", "tooltip":
+                "Text printed at the top of the report (the runner puts the tiny test model's notice here)."}),
         }}
 
     RETURN_TYPES = ("STRING",)
@@ -59,7 +59,7 @@ class STEMVideoMetrics:
 
     def measure(self, source, result, warp_error, flow_method, label, filename_prefix, notice=None):
         per_frame, flow_name = compute_metrics(source, result, warp_error, flow_method)
-        notes = [notice] if notice else None
+        notes = [notice] if notice and notice.strip() else None
         text = format_report(per_frame, flow_name=flow_name, title=f"STEM video metrics: {label}", notes=notes)
         folder, base, subfolder = _next_prefix_path(filename_prefix)
         data = report_json(per_frame, flow_name=flow_name, meta={"label": label, "notice": notice or "",

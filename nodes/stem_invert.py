@@ -6,7 +6,7 @@ import torch
 
 from ..stem_core.ddim import ddim_invert, ddim_sample, inversion_sigmas
 from ..stem_core.trajectory import InversionTrajectory
-from .compat import (calculate_sigmas, category, model_sampling, progress_bar, sample_with_function,
+from .compat import (calculate_sigmas, category, model_sampling, progress_bar, require_sd15, sample_with_function,
                      throw_if_interrupted)
 from .stem_patch import find_stem_patch
 
@@ -222,6 +222,7 @@ class STEMInvert:
                    "attention each frame reads keys and values from bases of the whole video.")
 
     def invert(self, model, latent, source_conditioning, steps):
+        require_sd15(model, self.TITLE)
         samples = check_latent(latent)
         check_conditioning(source_conditioning, model, "source_conditioning")
         check_steps(steps)
@@ -253,6 +254,7 @@ class STEMReconstruct:
                    "KSamplerAdvanced with add_noise off, euler, ddim_uniform and cfg 1.")
 
     def reconstruct(self, model, trajectory, bases=REPLAY, conditioning=None):
+        require_sd15(model, self.TITLE)
         if not isinstance(trajectory, InversionTrajectory):
             raise STEMInputError("trajectory: connect the trajectory output of STEM Invert")
         if bases not in (REPLAY, RE_ESTIMATE):

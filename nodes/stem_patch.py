@@ -1,6 +1,6 @@
 """STEMBasisEstimate: installs STEM-SA (or a baseline video context) on a clone of a MODEL."""
 from ..stem_core.patch import CONTEXTS, VARIANTS, STEMSettings, VideoAttentionPatch, install_plan, parse_layers
-from .compat import category
+from .compat import category, require_sd15
 
 
 def apply_stem_patch(model, settings: STEMSettings):
@@ -66,6 +66,7 @@ class STEMBasisEstimate:
 
     def patch(self, model, attention_context, num_bases, iterations, tau, seed, variant, layers, warm_start,
               init, chunk_tokens):
+        require_sd15(model, self.TITLE)
         settings = STEMSettings(context=attention_context, variant=variant, num_bases=num_bases,
                                 iterations=iterations, tau=tau, seed=seed, init=init, warm_start=warm_start,
                                 chunk_tokens=chunk_tokens or None, layers=parse_layers(layers)).validated()

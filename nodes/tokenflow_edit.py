@@ -48,7 +48,7 @@ from ..stem_core.tokenflow import (BLEND_MODES, QK_INJECTION_SITES, RESIDUAL_INJ
                                    InjectionSchedule, TokenFlowError, TokenFlowHooks, blend_plan,
                                    keyframe_schedule)
 from ..stem_core.trajectory import InversionTrajectory, TrajectoryMismatch
-from .compat import category, progress_bar, throw_if_interrupted
+from .compat import category, progress_bar, require_sd15, throw_if_interrupted
 from .stem_invert import (MAX_STEPS, TRAJECTORY, STEMInputError, check_conditioning, check_latent,
                           check_same_schedule, run_guarded)
 
@@ -264,6 +264,7 @@ class STEMTokenFlowEdit:
 
     def edit(self, model, trajectory, positive, negative, steps, cfg, pnp_f_t, pnp_attn_t, chunk_size, seed,
              source_conditioning=None, source_latent=None, blend="paper"):
+        require_sd15(model, self.TITLE)
         if not isinstance(trajectory, InversionTrajectory):
             raise TokenFlowInputError("trajectory: connect the trajectory output of STEM Invert")
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:

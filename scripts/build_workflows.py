@@ -2,44 +2,40 @@
 graph descriptions below, using the real node classes (pinned ComfyUI in-process) for widget order.
 
     .venv/bin/python scripts/build_workflows.py        # regenerate
-tests/host/test_workflows.py checks the committed files against this and against each other.
+tests/e2e/test_workflow_sync.py checks the committed files against this and against each other.
 """
 import json
-import os
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
+import comfy_host  # noqa: E402
 from workflow_format import build_ui, node_spec, ui_to_api  # noqa: E402
 
-TINY_NOTE = "tiny test model: not a real edit"
+DEFAULT_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 DEMO_VIDEO = "stem_demo.mp4"
 SOURCE_PROMPT = "a red disc and a blue square moving over a textured background"
 TARGET_PROMPT = "a red disc and a golden square moving over a textured background"
 STYLE_PROMPT = "a watercolor painting of a red disc and a blue square moving over a textured background"
 NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
 
-
 def n(node_id, class_type, title=None, **inputs):
     return {"id": node_id, "class_type": class_type, "title": title, "inputs": inputs}
-
 
 def loader_and_model(video=DEMO_VIDEO, width=128, height=128, frames=16):
     return [
         n(1, "STEMVideoLoad", "Load video", video=video, force_rate=0.0, custom_width=width, custom_height=height,
           frame_load_cap=frames, skip_first_frames=0, select_every_nth=1, size_mode="resize"),
-        n(2, "STEMTinyTestModel", "Tiny test model (swap for Load Checkpoint)", seed=0, model_channels=32),
+        n(2, "CheckpointLoaderSimple", "Load Checkpoint (SD1.5)", ckpt_name=DEFAULT_CHECKPOINT),
         n(3, "VAEEncode", "Encode frames", pixels=[1, 0], vae=[2, 2]),
         n(4, "CLIPTextEncode", "Source prompt", text=SOURCE_PROMPT, clip=[2, 1]),
     ]
-
 
 def stem_patch(node_id, context="stem", model=(2, 0), title=None):
     return n(node_id, "STEMBasisEstimate", title or f"Video attention: {context}", model=list(model),
              attention_context=context, num_bases=256, iterations=3, tau=0.05, seed=0, variant="paper",
              layers="all", warm_start=False, init="tokens", chunk_tokens=0)
-
 
 def reconstruction_graph():
     return loader_and_model() + [
@@ -49,15 +45,13 @@ def reconstruction_graph():
         n(8, "VAEDecode", "Decode", samples=[7, 0], vae=[2, 2]),
         n(9, "STEMSaveVideo", "Save reconstruction", images=[8, 0], fps=[1, 2], filename_prefix="STEM/reconstruction"),
         n(10, "STEMVideoMetrics", "Reconstruction metrics", source=[1, 0], result=[8, 0], warp_error=True,
-          flow_method="dis", label="STEM reconstruction", filename_prefix="STEM/reconstruction_metrics",
-          notice=[2, 3]),
+          flow_method="dis", label="STEM reconstruction", filename_prefix="STEM/reconstruction_metrics"),
         # The VAE alone (no inversion) bounds what any reconstruction can reach; with the tiny model's
         # pooling VAE this ceiling is low, so compare the two reports rather than the absolute PSNR.
         n(11, "VAEDecode", "Decode without inversion", samples=[3, 0], vae=[2, 2]),
         n(12, "STEMVideoMetrics", "VAE round trip only (ceiling)", source=[1, 0], result=[11, 0], warp_error=False,
           flow_method="dis", label="VAE round trip only (ceiling)", filename_prefix="STEM/vae_ceiling_metrics"),
     ]
-
 
 def tokenflow_edit(node_id, trajectory, title, prefix, label, model=(2, 0)):
     return [
@@ -67,20 +61,17 @@ def tokenflow_edit(node_id, trajectory, title, prefix, label, model=(2, 0)):
         n(node_id + 1, "VAEDecode", "Decode edit", samples=[node_id, 0], vae=[2, 2]),
         n(node_id + 2, "STEMSaveVideo", f"Save {label}", images=[node_id + 1, 0], fps=[1, 2], filename_prefix=prefix),
         n(node_id + 3, "STEMVideoMetrics", f"Metrics: {label}", source=[1, 0], result=[node_id + 1, 0],
-          warp_error=True, flow_method="dis", label=label, filename_prefix=prefix + "_metrics", notice=[2, 3]),
+          warp_error=True, flow_method="dis", label=label, filename_prefix=prefix + "_metrics"),
     ]
-
 
 def prompts_for_edit():
     return [n(7, "CLIPTextEncode", "Target prompt", text=STYLE_PROMPT, clip=[2, 1]),
             n(8, "CLIPTextEncode", "Negative prompt", text=NEGATIVE_PROMPT, clip=[2, 1])]
 
-
 def tokenflow_graph():
     return loader_and_model() + [stem_patch(5),
         n(6, "STEMInvert", "STEM inversion", model=[5, 0], latent=[3, 0], source_conditioning=[4, 0], steps=50),
     ] + prompts_for_edit() + tokenflow_edit(9, 6, "STEM-TokenFlow edit", "STEM/tokenflow_stem", "STEM-TokenFlow edit")
-
 
 def tokenflow_side_by_side_graph():
     """The same edit after per-frame DDIM inversion and after STEM inversion, with metrics for both."""
@@ -92,7 +83,6 @@ def tokenflow_side_by_side_graph():
         n(30, "STEMInvert", "STEM inversion", model=[5, 0], latent=[3, 0], source_conditioning=[4, 0], steps=50),
     ] + tokenflow_edit(31, 30, "TokenFlow edit (STEM inversion)", "STEM/tokenflow_stem",
                        "STEM-TokenFlow (STEM inversion)")
-
 
 def fatezero_graph():
     return loader_and_model() + [
@@ -108,12 +98,10 @@ def fatezero_graph():
         n(10, "STEMSaveVideo", "Save STEM-FateZero edit", images=[9, 0], fps=[1, 2],
           filename_prefix="STEM/fatezero_stem"),
         n(11, "STEMVideoMetrics", "Metrics: STEM-FateZero edit", source=[1, 0], result=[9, 0], warp_error=True,
-          flow_method="dis", label="STEM-FateZero edit", filename_prefix="STEM/fatezero_stem_metrics",
-          notice=[2, 3]),
+          flow_method="dis", label="STEM-FateZero edit", filename_prefix="STEM/fatezero_stem_metrics"),
         n(12, "MaskToImage", "Blend mask as image", mask=[8, 1]),
         n(13, "PreviewImage", "Blend mask", images=[12, 0]),
     ]
-
 
 GRAPHS = {
     "stem_reconstruction": reconstruction_graph,
@@ -122,29 +110,17 @@ GRAPHS = {
     "fatezero_stem": fatezero_graph,
 }
 
-
 def boot_classes():
-    host = Path(os.environ.get("COMFYUI_DIR", REPO / ".host" / "ComfyUI"))
-    sys.path.insert(0, str(host))
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = True
-    import nodes
-    nodes.init_custom_nodes()  # comfy_extras (MaskToImage, ...) and custom_nodes, as the server does
-    if "STEMInvert" not in nodes.NODE_CLASS_MAPPINGS:
-        raise SystemExit(f"the pack is not linked into {host}/custom_nodes; run `make setup`")
-    return nodes.NODE_CLASS_MAPPINGS
-
+    return comfy_host.boot_in_process()["mappings"]
 
 def specs_for(classes, graph):
     return {g["class_type"]: node_spec(classes[g["class_type"]]) for g in graph}
-
 
 def render(classes, name):
     graph = GRAPHS[name]()
     specs = specs_for(classes, graph)
     ui = build_ui(graph, specs)
     return ui, ui_to_api(ui, specs), specs
-
 
 def main():
     classes = boot_classes()
@@ -153,7 +129,6 @@ def main():
         (REPO / "workflows" / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n")
         (REPO / "workflows" / "api" / f"{name}.json").write_text(json.dumps(api, indent=1) + "\n")
         print(f"wrote workflows/{name}.json and workflows/api/{name}.json")
-
 
 if __name__ == "__main__":
     main()

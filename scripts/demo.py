@@ -1,64 +1,88 @@
-"""`make demo`: start ComfyUI headless on 127.0.0.1, queue the example reconstruction workflow on a
-video, follow progress, and write the reconstructed video and the metrics report to an output folder.
+"""`make demo`: start ComfyUI headless on 127.0.0.1, queue an example workflow on a video, follow its
+progress, and write the result videos and a metrics report into an output folder.
 
-Without --checkpoint the graph uses the tiny random test model (no SD weights exist here) and the
-output says so: it demonstrates the pipeline, not a real edit.
+The checkpoint: CHECKPOINT=name (must be in the host's models/checkpoints), else the workflow's default
+(v1-5-pruned-emaonly.safetensors) when the host has it, else the tiny random test model, and the output
+says so: the tiny model demonstrates the pipeline, not a real edit.
 """
 import argparse
 import json
-import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
-import run_workflow as rw  # noqa: E402
-
+sys.path.insert(1, str(REPO))
+import comfy_client as cc  # noqa: E402
+import comfy_host  # noqa: E402
 from stem_core.demo_clip import make_demo_clip  # noqa: E402
 
-TINY_BANNER = ("NOTE: no checkpoint given, so this demo used the TINY RANDOM TEST MODEL (random SD1.5-architecture "
-               "weights, pooling stand-in VAE). The result shows the pipeline and its metrics, NOT a real edit. "
-               "Use CHECKPOINT=your_sd15.safetensors (in ComfyUI's models/checkpoints) for real results.")
+TINY_BANNER = ("NOTE: no SD1.5 checkpoint was found, so this demo used the TINY RANDOM TEST MODEL (random "
+               "SD1.5-architecture weights, pooling stand-in VAE). The result shows the pipeline and its metrics, "
+               "NOT a real edit. Put an SD1.5 checkpoint into ComfyUI's models/checkpoints and run "
+               "`make demo CHECKPOINT=its_name.safetensors` for real results.")
+DEMO_CLIP = dict(frames=16, size=128, fps=12, seed=0)
+
+
+def workflow_path(name: str) -> Path:
+    """A workflow name of workflows/api/ (with or without .json) or a path to an API-format file."""
+    p = Path(name)
+    if p.suffix == ".json" and p.exists():
+        return p
+    candidate = REPO / "workflows" / "api" / f"{p.stem}.json"
+    if not candidate.exists():
+        names = ", ".join(sorted(q.stem for q in (REPO / "workflows" / "api").glob("*.json")))
+        raise cc.WorkflowError(f"WORKFLOW={name}: no such workflow; choose one of {names}")
+    return candidate
+
+
+def choose_model(server, workflow: dict, requested):
+    """(checkpoint name or None for the tiny model, a line saying what was chosen)."""
+    info = cc.object_info(server, "CheckpointLoaderSimple")
+    available = list(info["input"]["required"]["ckpt_name"][0])
+    if requested:
+        if requested not in available:
+            raise cc.WorkflowError(
+                f"CHECKPOINT={requested} is not in the host's models/checkpoints, which holds: "
+                f"{', '.join(available) or 'nothing'}. Put the file there or pick one of those names.")
+        return requested, f"checkpoint: {requested}"
+    defaults = [n for names in cc.checkpoint_names(workflow).values() for n in names]
+    present = [n for n in defaults if n in available]
+    if present:
+        return present[0], f"checkpoint: {present[0]} (the workflow's default, found in models/checkpoints)"
+    return None, "no SD1.5 checkpoint in models/checkpoints: using the tiny random test model"
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--comfyui", required=True, help="ComfyUI folder (the pinned copy or COMFYUI_DIR)")
+    ap.add_argument("--comfyui", default=str(comfy_host.default_comfyui_dir()), help="ComfyUI folder")
     ap.add_argument("--out", default="demo_output")
-    ap.add_argument("--video", help="a video file or frame folder; copied into ComfyUI's input folder")
+    ap.add_argument("--workflow", default="stem_reconstruction", help="a name in workflows/api/ or a file")
+    ap.add_argument("--video", help="a video file or frame folder anywhere on disk (uploaded to ComfyUI)")
     ap.add_argument("--checkpoint", help="an SD1.5 checkpoint name in ComfyUI's models/checkpoints")
-    ap.add_argument("--workflow", default=str(REPO / "workflows" / "api" / "stem_reconstruction.json"))
-    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--frames", type=int, help="frames to load (default: the workflow's)")
+    ap.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8 (default: the workflow's)")
     ap.add_argument("--steps", type=int, help="DDIM steps (default: the workflow's 50, as in the paper)")
-    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--source-prompt", help="the prompt that describes your video (editing workflows)")
+    ap.add_argument("--target-prompt", help="what the video should become (editing workflows)")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=7200)
     ap.add_argument("--gpu", action="store_true", help="do not pass --cpu to ComfyUI")
     args = ap.parse_args(argv)
 
+    try:
+        path = workflow_path(args.workflow)
+        workflow = cc.load_workflow(str(path))
+        overrides = cc.Overrides(frames=args.frames, size=cc.parse_size(args.size) if args.size else None,
+                                 steps=args.steps, source_prompt=args.source_prompt,
+                                 target_prompt=args.target_prompt)
+        if args.video:
+            cc.check_video_path(args.video)
+    except cc.WorkflowError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     comfy = Path(args.comfyui).resolve()
-    input_dir = comfy / "input"
-    input_dir.mkdir(parents=True, exist_ok=True)
-    if args.video:
-        src = Path(args.video).resolve()
-        if not src.exists():
-            print(f"VIDEO={args.video} does not exist", file=sys.stderr)
-            return 2
-        video_name = src.name
-        dst = input_dir / video_name
-        if src != dst and not dst.exists():
-            (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-    else:
-        video_name = "stem_demo.mp4"
-        make_demo_clip(str(input_dir / video_name), frames=16, size=128, fps=12, seed=0)
-        print(f"[demo] generated the demo clip {input_dir / video_name} (16 frames, 128x128, synthetic)")
-
-    workflow = rw.load_workflow(args.workflow)
-    workflow = rw.apply_overrides(workflow, video=video_name, checkpoint=args.checkpoint)
-    if args.steps is not None:
-        for node in workflow.values():
-            if node["class_type"] == "STEMInvert":
-                node["inputs"]["steps"] = args.steps
-        print(f"[demo] DDIM steps: {args.steps}")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     use_cpu = not args.gpu
@@ -67,22 +91,39 @@ def main(argv=None):
         use_cpu = use_cpu and not torch.cuda.is_available()
     except Exception:
         pass
-    with rw.start_server(str(comfy), python=sys.executable, port=args.port, cpu=use_cpu) as server:
-        print(f"[demo] ComfyUI at http://{server.address}; queueing {Path(args.workflow).name} on {video_name}")
-        result = rw.queue_and_wait(server, workflow, timeout=args.timeout, out_dir=str(out))
-    texts = [t for _, t in result["texts"]]
-    report = "\n\n".join(texts)
-    if not args.checkpoint:
+    with tempfile.TemporaryDirectory() as tmp:
+        video = args.video
+        if not video:
+            video = str(Path(tmp) / "stem_demo.mp4")
+            make_demo_clip(video, **DEMO_CLIP)
+            print(f"[demo] generated the demo clip ({DEMO_CLIP['frames']} frames, {DEMO_CLIP['size']}x"
+                  f"{DEMO_CLIP['size']}, synthetic)")
+        try:
+            with comfy_host.start_server(str(comfy), python=comfy_host.host_python(comfy), port=args.port,
+                                         cpu=use_cpu) as server:
+                checkpoint, chosen = choose_model(server, workflow, args.checkpoint)
+                print(f"[demo] {chosen}")
+                overrides.checkpoint, overrides.tiny_model = checkpoint, checkpoint is None
+                overrides.video = cc.upload_input(server, video)
+                wf = cc.apply_overrides(workflow, overrides)
+                print(f"[demo] ComfyUI at http://{server.address}; queueing {path.name} on {Path(video).name}")
+                result = cc.queue_and_wait(server, wf, timeout=args.timeout, out_dir=str(out))
+        except (cc.WorkflowError, comfy_host.HostError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    report = "\n\n".join(t for _, t in result["texts"])
+    if checkpoint is None:
         report = TINY_BANNER + "\n\n" + report
     (out / "metrics_report.txt").write_text(report + "\n")
-    (out / "run.json").write_text(json.dumps({k: result[k] for k in ("prompt_id", "files", "downloaded",
-                                                                      "elapsed_s")}, indent=1, default=str))
+    (out / "run.json").write_text(json.dumps({"workflow": path.name, "checkpoint": checkpoint or "tiny test model",
+                                              **{k: result[k] for k in ("prompt_id", "files", "downloaded",
+                                                                        "elapsed_s")}}, indent=1, default=str))
     print(report)
     print(f"\n[demo] finished in {result['elapsed_s']:.0f} s; files in {out}:")
     for p in result["downloaded"]:
         print("   ", p)
     print("   ", out / "metrics_report.txt")
-    if not args.checkpoint:
+    if checkpoint is None:
         print("\n" + TINY_BANNER)
     return 0
 

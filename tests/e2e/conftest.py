@@ -9,7 +9,8 @@ import pytest
 from tests.conftest import COMFYUI_DIR, REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
-import run_workflow as rw  # noqa: E402
+import comfy_client as cc  # noqa: E402
+import comfy_host  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +19,7 @@ def server(tmp_path_factory):
     if not (COMFYUI_DIR / "main.py").exists():
         pytest.fail(f"no ComfyUI at {COMFYUI_DIR}; run `make setup` or set COMFYUI_DIR")
     log = tmp_path_factory.mktemp("server") / "comfyui.log"
-    with rw.start_server(str(COMFYUI_DIR), python=sys.executable, port=0, cpu=True, log_path=str(log),
+    with comfy_host.start_server(str(COMFYUI_DIR), python=comfy_host.host_python(COMFYUI_DIR), port=0, cpu=True, log_path=str(log),
                          log=None) as handle:
         yield handle
 
@@ -45,5 +46,5 @@ def load_api(name):
 def run(server):
     """run(workflow, out_dir=None, timeout=600) -> queue_and_wait result."""
     def go(workflow, out_dir=None, timeout=600):
-        return rw.queue_and_wait(server, workflow, timeout=timeout, out_dir=out_dir, log=None)
+        return cc.queue_and_wait(server, workflow, timeout=timeout, out_dir=out_dir, log=None)
     return go

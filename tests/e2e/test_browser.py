@@ -26,7 +26,8 @@ from tests.e2e.conftest import load_api
 from tests.e2e.test_reconstruction_server import small
 
 sys.path.insert(0, str(REPO / "scripts"))
-import run_workflow as rw  # noqa: E402
+import comfy_client as cc  # noqa: E402
+import comfy_host  # noqa: E402
 from workflow_format import input_specs  # noqa: E402
 
 WORKFLOWS = sorted(p for p in (REPO / "workflows").glob("*.json"))
@@ -148,7 +149,7 @@ def page(server):
     finally:
         if cdp is not None:
             cdp.close()
-        rw.stop_process(proc, grace=15)
+        comfy_host.stop_process(proc, grace=15)
         log.close()
         shutil.rmtree(profile, ignore_errors=True)
 
@@ -217,7 +218,7 @@ def _small_png(data, max_bytes=README_MAX_BYTES):
 
 
 def _object_info(server):
-    return json.loads(rw._http("GET", f"http://{server.address}/object_info")[1])
+    return json.loads(cc._http("GET", f"http://{server.address}/object_info")[1])
 
 
 def test_workflows_exist():

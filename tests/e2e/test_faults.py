@@ -16,7 +16,7 @@ from tests.conftest import COMFYUI_DIR, REPO
 from tests.e2e.test_reconstruction_server import small
 
 sys.path.insert(0, str(REPO / "scripts"))
-import run_workflow as rw  # noqa: E402
+import comfy_client as cc  # noqa: E402
 
 API_FILES = sorted((REPO / "workflows" / "api").glob("*.json"))
 # Long-running nodes Cancel must be able to stop (each tested once, in the first workflow that has it).
@@ -58,7 +58,7 @@ class Tracker:
         self.done = {}      # prompt_id -> "success" | "error" | "interrupted"
 
     def queue(self, wf):
-        status, raw = rw._http("POST", f"{self.http}/prompt", {"prompt": wf, "client_id": self.client_id})
+        status, raw = cc._http("POST", f"{self.http}/prompt", {"prompt": wf, "client_id": self.client_id})
         assert status == 200, f"/prompt answered {status}: {raw[:500]!r}"
         pid = json.loads(raw)["prompt_id"]
         self.msgs[pid] = []
@@ -107,12 +107,12 @@ class Tracker:
 
     def output_digests(self, pid):
         """{output node id: [sha256 of each image]} from the history, fetched through /view."""
-        hist = json.loads(rw._http("GET", f"{self.http}/history/{pid}")[1])[pid]
+        hist = json.loads(cc._http("GET", f"{self.http}/history/{pid}")[1])[pid]
         out = {}
         for nid, ui in sorted(hist["outputs"].items()):
             for img in ui.get("images", []):
                 q = urllib.parse.urlencode({k: img[k] for k in ("filename", "subfolder", "type")})
-                status, raw = rw._http("GET", f"{self.http}/view?{q}")
+                status, raw = cc._http("GET", f"{self.http}/view?{q}")
                 assert status == 200
                 out.setdefault(nid, []).append(hashlib.sha256(raw).hexdigest())
         return out
@@ -155,7 +155,7 @@ def test_cancel_in_the_middle_then_clean_rerun(server, server_input, tracker, pa
     # wait until the target node reports progress (it is really inside its sampling loop) ...
     tracker.pump(lambda t, d: t == "progress" and str(d.get("node")) == target and d.get("value", 0) >= 1
                  and (d.get("prompt_id") in (pid, None)), timeout=240)
-    status, _ = rw._http("POST", f"http://{server.address}/interrupt", {})
+    status, _ = cc._http("POST", f"http://{server.address}/interrupt", {})
     assert status == 200
     assert tracker.wait(pid, timeout=120) == "interrupted", f"expected an interrupt, got {tracker.error(pid)}"
     info = tracker.error(pid)
@@ -166,7 +166,7 @@ def test_cancel_in_the_middle_then_clean_rerun(server, server_input, tracker, pa
     assert max(progress) < LONG_STEPS, "the node ran to the end: the interrupt came too late to test anything"
 
     # the server is up, and the same plain prompt recomputes the target and gives the identical result
-    assert rw._http("GET", f"http://{server.address}/system_stats")[0] == 200
+    assert cc._http("GET", f"http://{server.address}/system_stats")[0] == 200
     assert server.process.poll() is None
     after = tracker.queue(plain)
     assert tracker.wait(after) == "success", tracker.error(after)

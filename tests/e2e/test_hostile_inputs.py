@@ -18,7 +18,7 @@ from tests.e2e.conftest import load_api
 from tests.e2e.test_faults import lean
 
 sys.path.insert(0, str(REPO / "scripts"))
-import run_workflow as rw  # noqa: E402
+import comfy_client as cc  # noqa: E402
 
 P = "stem_hostile_"
 NO_HANG_S = 60
@@ -121,12 +121,12 @@ def outcome(run, prompt):
     t0 = time.monotonic()
     try:
         result = run(prompt, timeout=NO_HANG_S)
-    except rw.PromptRejected as e:
+    except cc.PromptRejected as e:
         errs = [err for ne in (e.response or {}).get("node_errors", {}).values() for err in ne.get("errors", [])]
         text = "; ".join(f"{x.get('message')}: {x.get('details')}" if x.get("details") else x.get("message", "")
                          for x in errs) or str(e)
         return "refused", _clean(text), None
-    except rw.ExecutionFailed as e:
+    except cc.ExecutionFailed as e:
         return "failed", _clean(str(e.data.get("exception_message", e))), None
     finally:
         assert time.monotonic() - t0 < NO_HANG_S, "the server took too long: a hang"

@@ -9,28 +9,25 @@ from tests.conftest import REPO
 from tests.e2e.conftest import load_api
 
 sys.path.insert(0, str(REPO / "scripts"))
-import run_workflow as rw  # noqa: E402
+import comfy_client as cc  # noqa: E402
 
 OUR_NODES = {"STEMVideoLoad", "STEMBasisEstimate", "STEMInvert", "STEMReconstruct", "STEMVideoMetrics",
              "STEMSaveVideo", "STEMTinyTestModel", "STEMTokenFlowEdit", "STEMAttentionStore", "STEMFateZeroEdit"}
 
 
 def small(workflow, video, frames=6, size=64, steps=4):
-    """A shipped workflow, shrunk so it runs in seconds on the CI's 2 cores (inversion and edits keep
-    matching step counts)."""
+    """A shipped workflow on the tiny test model (swapped in by the runner's overrides), shrunk so it runs in
+    seconds on the CI's 2 cores (inversion and edits keep matching step counts)."""
+    workflow = cc.apply_overrides(workflow, cc.Overrides(tiny_model=True, video=video, frames=frames,
+                                                         size=(size, size), steps=steps))
     for node in workflow.values():
-        inputs = node["inputs"]
-        if node["class_type"] == "STEMVideoLoad":
-            inputs.update(video=video, frame_load_cap=frames, custom_width=size, custom_height=size)
-        if "steps" in inputs and not isinstance(inputs["steps"], list):
-            inputs["steps"] = steps
         if node["class_type"] == "STEMBasisEstimate":
-            inputs["num_bases"] = 32
+            node["inputs"]["num_bases"] = 32
     return workflow
 
 
 def test_object_info_lists_every_node(server):
-    info = json.loads(rw._http("GET", f"http://{server.address}/object_info")[1])
+    info = json.loads(cc._http("GET", f"http://{server.address}/object_info")[1])
     missing = OUR_NODES - set(info)
     assert not missing, f"nodes missing from /object_info: {missing}"
     assert all(info[k]["category"].startswith("STEM video editing") for k in OUR_NODES)
@@ -55,7 +52,7 @@ def test_bad_prompt_is_refused_cleanly_and_server_keeps_serving(server, server_i
     for node in bad.values():
         if node["class_type"] == "STEMVideoLoad":
             node["inputs"]["video"] = "../../etc/passwd"
-    with pytest.raises(rw.PromptRejected) as err:
+    with pytest.raises(cc.PromptRejected) as err:
         run(bad)
     assert "outside" in str(err.value) and "input folder" in str(err.value)
 
@@ -63,7 +60,7 @@ def test_bad_prompt_is_refused_cleanly_and_server_keeps_serving(server, server_i
     for node in failing.values():
         if node["class_type"] == "STEMVideoLoad":
             node["inputs"]["skip_first_frames"] = 500
-    with pytest.raises(rw.ExecutionFailed) as err:
+    with pytest.raises(cc.ExecutionFailed) as err:
         run(failing)
     assert "frames" in str(err.value) and "Traceback" not in str(err.value).splitlines()[0]
 

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
-import run_workflow as rw  # noqa: E402
+import comfy_client as cc  # noqa: E402
 from workflow_format import input_specs, ui_to_api  # noqa: E402
 
 UI_FILES = sorted((REPO / "workflows").glob("*.json"))
@@ -23,7 +23,7 @@ FIX = "regenerate both with `.venv/bin/python scripts/build_workflows.py`"
 
 @pytest.fixture(scope="module")
 def specs(server):
-    info = json.loads(rw._http("GET", f"http://{server.address}/object_info")[1])
+    info = json.loads(cc._http("GET", f"http://{server.address}/object_info")[1])
     out = {}
     for cls, d in info.items():
         names = d.get("output_name") or d.get("output") or []

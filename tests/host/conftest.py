@@ -1,10 +1,5 @@
-"""In-process ComfyUI host for node-level tests (the real ComfyUI, CPU only).
-
-The host directory goes first on sys.path so `import nodes` is ComfyUI's nodes.py, not this pack's
-nodes/ package; the pack is then loaded the way ComfyUI loads custom nodes.
-"""
-import asyncio
-import inspect
+"""In-process ComfyUI host for node-level tests (the real ComfyUI, CPU only), booted by
+scripts/comfy_host.py the same way the benchmarks and the workflow generator boot it."""
 import shutil
 import sys
 
@@ -12,35 +7,16 @@ import pytest
 
 from tests.conftest import COMFYUI_DIR, REPO
 
-_HOST = {}
+sys.path.insert(0, str(REPO / "scripts"))
+import comfy_host as host_boot  # noqa: E402
 
 
 def _boot_host():
-    if _HOST:
-        return _HOST
-    if not (COMFYUI_DIR / "main.py").exists():
-        pytest.fail(f"no ComfyUI at {COMFYUI_DIR}; run `make setup` or set COMFYUI_DIR")
-    sys.path.insert(0, str(COMFYUI_DIR))
-    if "nodes" in sys.modules and not hasattr(sys.modules["nodes"], "NODE_CLASS_MAPPINGS"):
-        del sys.modules["nodes"]  # this pack's nodes/ package shadowed ComfyUI's module
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True  # before comfy.model_management is imported
-    import comfy.model_management  # noqa: F401
-    import folder_paths
-    import nodes as comfy_nodes
-
-    pack_link = COMFYUI_DIR / "custom_nodes" / "ComfyUI-STEM"
-    pack_path = pack_link if pack_link.exists() else REPO
-    loaded = comfy_nodes.load_custom_node(str(pack_path))
-    if inspect.iscoroutine(loaded):  # ComfyUI 2025+: load_custom_node is async
-        loaded = asyncio.run(loaded)
-    if loaded is False:
-        pytest.fail(f"ComfyUI failed to load the pack from {pack_path}")
-    # old hosts key the module by folder name, new ones by the full path with "." -> "_x_"
-    module = sys.modules.get(pack_path.name) or sys.modules[str(pack_path).replace(".", "_x_")]
-    _HOST.update(nodes=comfy_nodes, folder_paths=folder_paths, pack_module=module)
-    return _HOST
+    try:
+        booted = host_boot.boot_in_process(COMFYUI_DIR)
+    except host_boot.HostError as e:
+        pytest.fail(str(e))
+    return dict(booted, pack_module=booted["pack"])
 
 
 @pytest.fixture(scope="session")

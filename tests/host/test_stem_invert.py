@@ -9,11 +9,8 @@ STEM = dict(attention_context="stem", num_bases=16, iterations=2, tau=0.05, seed
 
 
 def pack(mod):
-    # "ComfyUI-STEM.<mod>" on old hosts; ComfyUI 2025+ keys the pack by its full path ("." -> "_x_")
-    name = f"ComfyUI-STEM.{mod}"
-    hits = [m for key, m in sys.modules.items() if key == name or key.endswith("/" + name)]
-    assert len(hits) == 1, f"pack module {mod} not loaded once: {len(hits)}"
-    return hits[0]
+    from tests.host.conftest import _boot_host
+    return sys.modules[f"{_boot_host()['pack_module'].__name__}.{mod}"]
 
 
 @pytest.fixture(scope="module")
