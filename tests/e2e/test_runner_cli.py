@@ -1,0 +1,66 @@
+"""The runner's command line against a real server, as a user types it: every shipped workflow with
+`--tiny-model --video <a clip anywhere on disk> --frames 2 --size 64x64 --steps 2` exits 0 and writes
+videos of exactly 2 frames and finite metrics; bad arguments exit non-zero with a clear message and the
+server keeps serving."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+RUNNER = REPO / "scripts" / "run_workflow.py"
+API_FILES = sorted((REPO / "workflows" / "api").glob("*.json"))
+
+
+def cli(*args, timeout=900):
+    return subprocess.run([sys.executable, str(RUNNER), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def clip_on_disk(tmp_path_factory):
+    """A clip outside ComfyUI's input folder (the runner uploads it)."""
+    from stem_core.demo_clip import make_demo_clip
+    return make_demo_clip(str(tmp_path_factory.mktemp("clips") / "my clip.mp4"), frames=6, size=96, fps=10, seed=3)
+
+
+@pytest.mark.parametrize("path", API_FILES, ids=[p.stem for p in API_FILES])
+def test_every_workflow_runs_from_the_command_line(server, clip_on_disk, tmp_path, path):
+    from stem_core.video_io import load_video
+    res = cli(path, "--server", server.address, "--tiny-model", "--video", clip_on_disk, "--frames", 2,
+              "--size", "64x64", "--steps", 2, "--out", tmp_path, "--quiet")
+    assert res.returncode == 0, f"{path.name}: exit {res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+    videos = sorted(tmp_path.rglob("*.mp4"))
+    assert videos, f"{path.name}: no video written: {res.stdout[-1000:]}"
+    for video in videos:
+        clip = load_video(video)
+        assert clip.frame_count == 2 and (clip.width, clip.height) == (64, 64), (video.name, clip.describe())
+        assert math.isfinite(float(clip.frames.sum()))
+    reports = [json.loads(p.read_text()) for p in tmp_path.rglob("*.json")]
+    assert reports, f"{path.name}: no metrics report"
+    for report in reports:
+        for metric, data in report["metrics"].items():
+            assert all(v is None or math.isfinite(v) for v in data["per_frame"]), (metric, data)
+        assert "TINY RANDOM TEST MODEL" in report["meta"]["notice"]
+    assert "TINY RANDOM TEST MODEL" in res.stdout
+
+
+def test_bad_arguments_exit_nonzero_with_the_fix(server, tmp_path):
+    wf = API_FILES[0]
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video at all")
+    res = cli(wf, "--server", server.address, "--tiny-model", "--video", notes)
+    assert res.returncode == 2 and "could not open it as a video" in res.stderr, res.stderr
+    res = cli(wf, "--server", server.address, "--tiny-model", "--size", "100x60")
+    assert res.returncode == 2 and "multiples of 8" in res.stderr and "--size 96x64" in res.stderr, res.stderr
+    res = cli(wf, "--server", server.address, "--checkpoint", "no_such_model.safetensors", "--frames", 2)
+    assert res.returncode == 1, res.stderr
+    assert "'no_such_model.safetensors' is not in the server's models/checkpoints" in res.stderr, res.stderr
+    assert "--tiny-model" in res.stderr
+    # the server keeps serving
+    res = cli(wf, "--server", server.address, "--tiny-model", "--frames", 2, "--size", "64x64", "--steps", 1,
+              "--set", "1.video=missing.mp4")
+    assert res.returncode == 1 and "not found in ComfyUI's input folder" in res.stderr, res.stderr
