@@ -18,7 +18,7 @@ import gc
 import json
 import os
 import platform
-import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -28,7 +28,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results"
 SHARED_VIDEOS = (REPO.parent / "shared" / "data" / "videos").resolve()
-COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR", REPO / ".host" / "ComfyUI")).resolve()
+
+sys.path.insert(0, str(REPO / "scripts"))  # comfy_host: the one way to boot ComfyUI and import the pack
+import comfy_host  # noqa: E402
+
+comfy_host.import_pack()  # benchmark modules import the pack as comfyui_stem.stem_core...
 
 # Environment of the benchmark child processes (see the module docstring).
 CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
@@ -134,39 +138,14 @@ class PeakMemory:
         return False
 
 
-# ----------------------------------------------------------------------------------------------------
-# timing
-
-
-def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1,
-              budget_s: Optional[float] = None, measure_memory: bool = True) -> dict:
-    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` runs, with the peak memory.
-
-    With ``budget_s`` the number of repeats is lowered (to at least 1) so the timed runs take about
-    that long, judged from the last warm-up run; without warm-up the first run is the estimate.
-    Returns {"median_s", "times_s", "repeats", "peak_bytes", "mem_kind"}.
-    """
-    estimate = None
-    for _ in range(warmup):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        estimate = time.perf_counter() - start
-    if budget_s is not None and estimate is not None and estimate > 0:
-        repeats = max(1, min(repeats, int(budget_s // estimate)))
-    times, peak, kind = [], None, None
-    for _ in range(repeats):
-        with PeakMemory(device) as mem:
-            start = time.perf_counter()
-            out = fn()
-            sync(device)
-            times.append(time.perf_counter() - start)
-            del out
-        if mem.peak_bytes is not None:
-            peak = mem.peak_bytes if peak is None else max(peak, mem.peak_bytes)
-            kind = mem.kind
-    return {"median_s": statistics.median(times), "times_s": times, "repeats": repeats,
-            "peak_bytes": peak, "mem_kind": kind}
+def boot_host(device: torch.device, dtype: torch.dtype) -> dict:
+    """ComfyUI in-process with the pack loaded, set up for the device and dtype (PyTorch SDPA attention)."""
+    options = {"use_pytorch_cross_attention": True}
+    if dtype == torch.float16:
+        options["force_fp16"] = True
+    elif dtype == torch.bfloat16:
+        options["bf16_unet"] = True
+    return comfy_host.boot_in_process(cpu=device.type == "cpu", cli_args=options)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stem_core.attention import all_frame_attention, attention, stem_attention, two_frame_context
-from stem_core.em import estimate_bases
-from stem_core.patch import ALL_FRAME_QUERY_CHUNK
+from comfyui_stem.stem_core.attention import all_frame_attention, attention, stem_attention, two_frame_context
+from comfyui_stem.stem_core.em import estimate_bases
+from comfyui_stem.stem_core.attention import ALL_FRAME_QUERY_CHUNK
 
 from . import (DEFAULT_OUT, bench_args, publish, PeakMemory, fmt_bytes, fmt_s, machine_info, markdown_table,
                sync, write_json)

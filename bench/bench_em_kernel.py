@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from stem_core.em import e_step, estimate_bases, m_step
+from comfyui_stem.stem_core.em import e_step, estimate_bases, m_step
 
 from . import DEFAULT_OUT, bench_args, publish, fmt_s, machine_info, markdown_table, sync
 from .bench_attention import TAU, clustered_features

@@ -17,56 +17,30 @@ Run alone: ``python -m bench.bench_inversion [--quick] [--device cpu|cuda] [--dt
 """
 from __future__ import annotations
 
-import sys
 import time
+from importlib import import_module
 
 import torch
 
-from . import (COMFYUI_DIR, DEFAULT_OUT, bench_args, SHARED_VIDEOS, PeakMemory, fmt_bytes, fmt_s, machine_info,
+from . import (DEFAULT_OUT, SHARED_VIDEOS, PeakMemory, bench_args, boot_host, fmt_bytes, fmt_s, machine_info,
                markdown_table, sync, write_json)
 
 PAPER_STEPS = 50
 
 
-def boot_host(device: torch.device, dtype: torch.dtype):
-    """ComfyUI in-process with the pack loaded; returns (comfy nodes module, pack module)."""
-    if not (COMFYUI_DIR / "main.py").exists():
-        raise SystemExit(f"no ComfyUI at {COMFYUI_DIR}; run `make setup` or set COMFYUI_DIR")
-    sys.path.insert(0, str(COMFYUI_DIR))
-    if "nodes" in sys.modules and not hasattr(sys.modules["nodes"], "NODE_CLASS_MAPPINGS"):
-        del sys.modules["nodes"]  # this pack's nodes/ package shadowed ComfyUI's nodes.py
-    import comfy.cli_args
-
-    args = comfy.cli_args.args
-    args.cpu = device.type == "cpu"
-    args.use_pytorch_cross_attention = True
-    if dtype == torch.float16:
-        args.force_fp16 = True
-    elif dtype == torch.bfloat16:
-        args.bf16_unet = True
-    import comfy.model_management  # noqa: F401  (reads args at import)
-    import nodes as comfy_nodes
-
-    pack_link = COMFYUI_DIR / "custom_nodes" / "ComfyUI-STEM"
-    from . import REPO
-    pack_path = pack_link if pack_link.exists() else REPO
-    comfy_nodes.load_custom_node(str(pack_path))
-    return comfy_nodes, pack_path.name
-
-
-def load_clip(pack_name: str, name: str, frames: int, width: int, height: int) -> torch.Tensor:
-    video_io = sys.modules[f"{pack_name}.stem_core.video_io"]
-    clip = video_io.load_video(SHARED_VIDEOS / name, custom_width=width, custom_height=height,
+def load_clip(name: str, frames: int, width: int, height: int) -> torch.Tensor:
+    from importlib import import_module
+    clip = import_module("comfyui_stem.stem_core.video_io").load_video(SHARED_VIDEOS / name, custom_width=width, custom_height=height,
                                frame_load_cap=frames, load_audio_track=False)
     return clip.frames
 
 
 def run(quick: bool, device: torch.device, dtype: torch.dtype, out_dir=DEFAULT_OUT, contexts=None,
         rounds: int = 2) -> dict:
-    comfy_nodes, pack = boot_host(device, dtype)
-    tiny = sys.modules[f"{pack}.nodes.tiny_model"]
-    vae = sys.modules[f"{pack}.stem_core.tiny_vae"].PoolingVAE()
-    mapping = comfy_nodes.NODE_CLASS_MAPPINGS
+    host = boot_host(device, dtype)
+    comfy_nodes, mapping = host["nodes"], host["mappings"]
+    tiny = import_module(f"{host['pack'].__name__}.nodes.testing")
+    vae = import_module("comfyui_stem.stem_core.tiny_vae").PoolingVAE()
 
     # Paper Table 1: 48 frames at 640x360 (latent 80x45), 50 steps. 640x352 keeps the latent a multiple
     # of 8 (80x44: 3520 tokens per frame at the top attention level, 880 / 220 / 66 below).
@@ -75,7 +49,7 @@ def run(quick: bool, device: torch.device, dtype: torch.dtype, out_dir=DEFAULT_O
     else:
         frames, width, height, steps, all_frame_steps = 16, 640, 352, 6, 1
     clip_name = "wolf.mp4"
-    images = load_clip(pack, clip_name, frames, width, height)
+    images = load_clip(clip_name, frames, width, height)
     frames = images.shape[0]
     model = tiny.build_tiny_model(0, 32)
     clip = tiny.build_tiny_clip(0)

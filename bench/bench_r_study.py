@@ -16,12 +16,12 @@ Numbers are means over the steps t >= 1 (step 0 has no previous bases, warm = co
 from __future__ import annotations
 
 import statistics
-import sys
+from importlib import import_module
 from pathlib import Path
 
 import torch
 
-from . import DEFAULT_OUT, bench_args, publish, machine_info, markdown_table
+from . import DEFAULT_OUT, bench_args, boot_host, machine_info, markdown_table, publish
 
 R_VALUES = (0, 1, 2, 3, 5, 8)
 SITES = (("input", 1), ("input", 7))
@@ -31,12 +31,13 @@ REFERENCE_R = 30
 
 
 def record_features(quick: bool, device, dtype):
-    from .bench_inversion import boot_host, load_clip
-    comfy_nodes, pack = boot_host(device, dtype)
-    tiny = sys.modules[f"{pack}.nodes.tiny_model"]
-    vae = sys.modules[f"{pack}.stem_core.tiny_vae"].PoolingVAE()
+    from .bench_inversion import load_clip
+    host = boot_host(device, dtype)
+    comfy_nodes = host["nodes"]
+    tiny = import_module(f"{host['pack'].__name__}.nodes.testing")
+    vae = import_module("comfyui_stem.stem_core.tiny_vae").PoolingVAE()
     frames, width, height, steps = (8, 256, 256, 6) if quick else (12, 256, 256, 10)
-    images = load_clip(pack, "wolf.mp4", frames, width, height)
+    images = load_clip("wolf.mp4", frames, width, height)
     model = tiny.build_tiny_model(0, 32)
     clip = tiny.build_tiny_clip(0)
     latent = comfy_nodes.VAEEncode().encode(vae, images)[0]
@@ -71,13 +72,13 @@ def objective(x, bases, tau):
 
 
 def stem_out(x, bases, w, frames):
-    from stem_core.attention import stem_attention
+    from comfyui_stem.stem_core.attention import stem_attention
     q = x.reshape(frames, -1, x.shape[-1]) @ w["q"].T
     return stem_attention(q, bases @ w["k"].T, bases @ w["v"].T, frames, w["heads"])
 
 
 def all_frame_out(x, w, frames):
-    from stem_core.attention import all_frame_attention
+    from comfyui_stem.stem_core.attention import all_frame_attention
     xf = x.reshape(frames, -1, x.shape[-1])
     return all_frame_attention(xf @ w["q"].T, xf @ w["k"].T, xf @ w["v"].T, frames, w["heads"], frame_chunk=4)
 
@@ -87,7 +88,7 @@ def rel(a, b):
 
 
 def run(quick: bool, device: torch.device, dtype: torch.dtype, out_dir: Path = DEFAULT_OUT) -> dict:
-    from stem_core.em import estimate_bases
+    from comfyui_stem.stem_core.em import estimate_bases
     recorded, weights, setup = record_features(quick, device, dtype)
     results = {}
     for site in SITES:

@@ -13,7 +13,7 @@ Two configurations per frame count, side by side:
 - ``whole``: chunk_size = N, i.e. one keyframe and a single propagation pass over the whole video, the
   memory a non-chunked implementation would need for its UNet batch.
 
-Usage: ``python bench/bench_tokenflow_memory.py [--frames 8 16 32] [--size 128] [--steps 2]``
+Usage: ``python -m bench.bench_tokenflow_memory [--frames 8 16 32] [--size 128] [--steps 2]``
 Writes bench/results/tokenflow_memory_<device>.json and prints a table.
 """
 from __future__ import annotations
@@ -28,25 +28,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _boot():
-    host = Path(os.environ.get("COMFYUI_DIR", REPO / ".host" / "ComfyUI")).resolve()
-    if not (host / "main.py").exists():
-        raise SystemExit(f"no ComfyUI at {host}; run `make setup` or set COMFYUI_DIR")
-    sys.path.insert(0, str(host))
-    import torch
-    import comfy.cli_args
-
-    if not torch.cuda.is_available():
-        comfy.cli_args.args.cpu = True
-    import comfy.model_management  # noqa: F401
-    import nodes as comfy_nodes
-
-    link = host / "custom_nodes" / "ComfyUI-STEM"
-    pack = link if link.exists() else REPO
-    comfy_nodes.load_custom_node(str(pack))
-    return comfy_nodes, sys.modules[pack.name]
 
 
 class _RssPeak:
@@ -80,10 +61,13 @@ def worker(frames: int, chunk: int, size: int, steps: int) -> dict:
 
     import torch
 
-    comfy_nodes, pack = _boot()
-    mappings = comfy_nodes.NODE_CLASS_MAPPINGS
-    tiny_model = sys.modules[f"{pack.__name__}.nodes.tiny_model"]
-    edit_mod = sys.modules[f"{pack.__name__}.nodes.tokenflow_edit"]
+    from importlib import import_module
+
+    from bench import boot_host
+    host = boot_host(torch.device("cuda" if torch.cuda.is_available() else "cpu"), torch.float32)
+    comfy_nodes, mappings = host["nodes"], host["mappings"]
+    tiny_model = import_module(f"{host['pack'].__name__}.nodes.testing")
+    edit_mod = import_module(f"{host['pack'].__name__}.nodes.tokenflow")
     model = tiny_model.build_tiny_model(0, 32)
     clip = tiny_model.build_tiny_clip(0)
     lat = {"samples": torch.randn(frames, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))}
@@ -103,13 +87,15 @@ def worker(frames: int, chunk: int, size: int, steps: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         with torch.no_grad():
-            edit_mod.tokenflow_edit(model, traj, target, negative, cond, 7.5, 0.8, 0.5, chunk, 0, stats=stats)
+            edit_mod.tokenflow_edit(model, traj, target, negative, cond, edit_mod.TokenFlowSettings(chunk_size=chunk),
+                                    stats=stats)
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - before
         how = "torch.cuda.max_memory_allocated"
     else:
         with _RssPeak() as rss, torch.no_grad():
-            edit_mod.tokenflow_edit(model, traj, target, negative, cond, 7.5, 0.8, 0.5, chunk, 0, stats=stats)
+            edit_mod.tokenflow_edit(model, traj, target, negative, cond, edit_mod.TokenFlowSettings(chunk_size=chunk),
+                                    stats=stats)
         peak = rss.peak - rss.base
         how = "process RSS peak (psutil, 2 ms sampling)"
     seconds = time.perf_counter() - t0
@@ -137,7 +123,7 @@ def main(argv=None):
             if mode == "whole" and frames <= args.chunk:  # the same configuration as the chunked run
                 rows.append(dict(rows[-1], mode="whole"))
                 continue
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(frames), str(chunk),
+            cmd = [sys.executable, "-m", "bench.bench_tokenflow_memory", "--worker", str(frames), str(chunk),
                    str(args.size), str(args.steps)]
             env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO), env=env)

@@ -2,8 +2,7 @@
 import importlib
 import logging
 
-_FEATURE_MODULES = ["video_load", "stem_patch", "stem_invert", "tokenflow_edit", "fatezero_edit", "metrics_node",
-                    "save_video", "tiny_model"]
+_FEATURE_MODULES = ["video", "inversion", "tokenflow", "fatezero", "metrics", "testing"]
 
 NODE_CLASS_MAPPINGS = {}
 for _name in _FEATURE_MODULES:

@@ -2,6 +2,11 @@
 the demo and the end-to-end tests) or in this process (``boot_in_process``, for node tests, the
 benchmarks and the workflow generator). Standard library only until ComfyUI itself is imported.
 
+``import_pack()`` is the one way tests, benchmarks and scripts import this pack: as the package
+``comfyui_stem`` (its name in ComfyUI's custom_nodes, where `make setup` links it), so that
+``from comfyui_stem.stem_core.em import estimate_bases`` works with or without ComfyUI and, on the
+pinned host, in-process ComfyUI and the tests share one copy of every module.
+
 ``host_python(comfyui_dir)`` finds the interpreter a user's ComfyUI runs with: ``$PYTHON``, else a
 virtualenv inside or beside the ComfyUI folder (venv/, .venv/, ../python_embeded), else this one.
 """
@@ -25,6 +30,23 @@ from typing import Callable, Optional, Sequence
 REPO = Path(__file__).resolve().parents[1]
 PINNED_HOST = REPO / ".host" / "ComfyUI"
 PACK_LINK_NAME = "comfyui_stem"
+
+
+def import_pack():
+    """The pack as the package ``comfyui_stem`` (imported from this checkout once; ComfyUI's own loading of
+    custom_nodes/comfyui_stem later reuses its submodules)."""
+    import importlib
+    import importlib.util
+    try:
+        return importlib.import_module(PACK_LINK_NAME)
+    except ModuleNotFoundError:
+        pass
+    spec = importlib.util.spec_from_file_location(PACK_LINK_NAME, REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_LINK_NAME] = module  # the standard importlib recipe: register before executing
+    spec.loader.exec_module(module)
+    return module
 
 
 class HostError(RuntimeError):
@@ -167,10 +189,11 @@ def _load_node_module(comfy_nodes, path: Path):
     return loaded
 
 
-def boot_in_process(root: Optional[Path] = None) -> dict:
+def boot_in_process(root: Optional[Path] = None, cpu: bool = True, cli_args: Optional[dict] = None) -> dict:
     """Import ComfyUI from ``root`` into this process on the CPU, load the comfy_extras nodes in EXTRAS
     and the pack the way ComfyUI loads custom nodes (from its custom_nodes link when there is one).
-    Idempotent.
+    Idempotent. ``cpu`` and ``cli_args`` (ComfyUI command-line options by attribute name, e.g.
+    {"force_fp16": True}) take effect before comfy.model_management is imported.
 
     Returns {"nodes": ComfyUI's nodes module, "folder_paths": ..., "pack": the pack's module,
     "mappings": ComfyUI's NODE_CLASS_MAPPINGS}."""
@@ -182,7 +205,9 @@ def boot_in_process(root: Optional[Path] = None) -> dict:
     # ComfyUI's own modules (nodes.py, folder_paths.py, comfy/) are imported by their top-level names.
     sys.path.insert(0, str(root))
     import comfy.cli_args
-    comfy.cli_args.args.cpu = True  # must be set before comfy.model_management is imported
+    comfy.cli_args.args.cpu = cpu  # must be set before comfy.model_management is imported
+    for name, value in (cli_args or {}).items():
+        setattr(comfy.cli_args.args, name, value)
     import comfy.model_management  # noqa: F401
     import folder_paths
     import nodes as comfy_nodes

@@ -13,10 +13,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-sys.path.insert(1, str(REPO))
 import comfy_client as cc  # noqa: E402
 import comfy_host  # noqa: E402
-from stem_core.demo_clip import make_demo_clip  # noqa: E402
+from demo_clip import make_demo_clip  # noqa: E402
 
 TINY_BANNER = ("NOTE: no SD1.5 checkpoint was found, so this demo used the TINY RANDOM TEST MODEL (random "
                "SD1.5-architecture weights, pooling stand-in VAE). The result shows the pipeline and its metrics, "

@@ -1,31 +1,45 @@
-"""Self-attention maths for STEM inversion and its baselines (no ComfyUI import).
+"""Self-attention for video: the maths of STEM-SA and its baselines, and the patch objects ComfyUI calls.
 
 Tensors follow ComfyUI's projected layout: q, k, v are [B, L, heads * d] (heads concatenated in the last
-dim). Video batches are laid out frame-major per group: [groups * frames, L, D], i.e. row
-``g * frames + n`` is frame n of group g (a group is for example the cond or uncond half of a batch).
+dim). Video batches are frame-major per group: [groups * frames, L, D], row ``g * frames + n`` is frame
+n of group g (a group is the cond or the uncond half of a batch; ``extra_options["cond_or_uncond"]``
+lists them, and ComfyUI runs them together or apart).
 
-Contexts (which keys/values each frame's queries see):
-- 1-frame (plain 2D attention): :func:`attention` on the batch as is.
-- 2-frame (FateZero): frame n attends to [frame n, middle frame]: :func:`two_frame_context`.
-- all-frame extended attention: frame n attends to every frame of its group: :func:`all_frame_attention`.
-- STEM-SA (paper Eq. 7): frame n attends to its group's K bases: :func:`stem_attention`.
+Attention modes (which keys/values each frame's queries see):
+- ``per_frame`` (1-frame, plain 2D DDIM): :func:`attention` on the batch as is.
+- ``two_frame`` (FateZero's spatio-temporal attention): :func:`two_frame_context`.
+- ``all_frame`` (extended attention): every frame of its group, :func:`all_frame_attention`.
+- ``stem`` (paper Eq. 7): its group's K bases, estimated by EM over ALL frames' tokens (em.py).
+
+The patch objects (:class:`VideoAttentionPatch`, :class:`BaselineAttention`) only read plain dict
+entries of ``extra_options``, so they run without ComfyUI. Two hook points (ComfyUI's ModelPatcher):
+- attn1_patch ``patch(n, context, value, extra_options) -> (n, context, value)`` before the q/k/v
+  projections: the paper's STEM returns the bases mu as context and value, so attn1 computes exactly
+  K = mu W_K, V = mu W_V (Eq. 7).
+- attn1_replace ``replace(q, k, v, extra_options) -> out`` with projected q, k, v: the baselines and the
+  released-code STEM variant (EM on projected keys).
 """
-
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = [
-    "attention",
-    "attention_with_probs",
-    "two_frame_context",
-    "all_frame_attention",
-    "stem_attention",
-]
+from .em import check_em_settings, estimate_bases, released_variant_bases
+from .errors import STEMError
+from .sites import SD15_KEYS, site_of
+
+MODES = ("stem", "per_frame", "two_frame", "all_frame")
+VARIANTS = ("paper", "released")
+# Frames attending to all frames at once would need [frames*L, frames*L] scores; chunk query frames.
+ALL_FRAME_QUERY_CHUNK = 4
+
+
+
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -188,3 +202,282 @@ def stem_attention(
     _, tokens, channels = q.shape
     out = attention(q.reshape(groups, frames * tokens, channels), k_bases, v_bases, heads)
     return out.reshape(groups * frames, tokens, v_bases.shape[2])
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) per head in float32: q [B, Lq, heads*d], k [B, Lk, heads*d] -> [B, heads, Lq, Lk]."""
+    qh = _split_heads(q, heads).float()
+    kh = _split_heads(k, heads).float()
+    return torch.matmul(qh, kh.transpose(-1, -2)).mul_(1.0 / math.sqrt(qh.shape[-1])).softmax(-1)
+
+
+def apply_probs(p: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """p [B, heads, Lq, Lk] times v [B, Lk, heads*dv] -> [B, Lq, heads*dv] in v's dtype."""
+    out = torch.matmul(p.float(), _split_heads(v, heads).float())
+    return _merge_heads(out).to(v.dtype)
+
+
+def context_for_mode(kv: torch.Tensor, frames: int, mode: str) -> torch.Tensor:
+    """The keys (or values) each frame attends to under an attention mode, materialised per frame:
+    kv [groups*frames, L, D] -> [groups*frames, Lk, D] (Lk = L per_frame, 2L two_frame, frames*L all_frame).
+    Used where maps must be read or replaced per frame (the FateZero store)."""
+    if mode == "two_frame":
+        return two_frame_context(kv, frames)
+    if mode == "all_frame":
+        b, length, d = kv.shape
+        g = b // frames
+        return kv.reshape(g, 1, frames * length, d).expand(g, frames, frames * length, d).reshape(b, frames * length, d)
+    return kv
+
+
+# ----------------------------------------------------------------------------------------------------
+# batch layout of an attention call
+
+
+def video_batch(batch: int, extra_options) -> Tuple[list, int]:
+    """(cond_or_uncond list, frames per group) of one attention call, refusing a call that does not hold
+    the whole video when the video length is known (``extra_options["stem_video_frames"]``): STEM's
+    bases and the stores are statistics of ALL frames."""
+    cond_or_uncond = list(extra_options.get("cond_or_uncond", [0]))
+    groups = max(1, len(cond_or_uncond))
+    if batch % groups:
+        raise STEMError(f"batch {batch} is not divisible by {groups} conditioning groups")
+    frames = batch // groups
+    expected = extra_options.get("stem_video_frames")
+    if expected is not None and frames != int(expected):
+        raise STEMError(
+            f"the UNet saw {frames} frames in one call but the video has {expected}; STEM needs every frame in "
+            f"one batch. Context windows and batch splitting (e.g. VideoHelperSuite's Meta Batch) hand the model "
+            f"part of the video: connect the whole video, or lower the frame count or resolution so it fits "
+            f"(chunk_tokens bounds EM memory)")
+    return cond_or_uncond, frames
+
+
+def group_rows(group_index: int, frames: int) -> slice:
+    """Rows of group ``group_index`` in a frame-major batch."""
+    return slice(group_index * frames, (group_index + 1) * frames)
+
+
+def sigma_of(extra_options) -> Optional[float]:
+    """The sigma of an attention call (ComfyUI puts the batch's sigmas in extra_options)."""
+    s = extra_options.get("sigmas")
+    if s is None:
+        return None
+    return float(s.reshape(-1)[0]) if torch.is_tensor(s) else float(s)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the patch objects
+
+
+@dataclass(frozen=True)
+class VideoAttentionSettings:
+    """What the video attention patch does. Paper defaults: K=256, R=3, tau=0.05 (released code: tau 0.01, R 5)."""
+    mode: str = "stem"
+    variant: str = "paper"
+    num_bases: int = 256
+    iterations: int = 3
+    tau: float = 0.05
+    seed: int = 0
+    init: str = "tokens"
+    warm_start: bool = False  # bench/bench_r_study.py: warm bases drift from the cold fixed point at the top layer
+    chunk_tokens: Optional[int] = None
+    layers: tuple = SD15_KEYS
+
+    def validated(self) -> "VideoAttentionSettings":
+        if self.mode not in MODES:
+            raise STEMError(f"must be one of {MODES}, got '{self.mode}'", input_name="attention_context")
+        if self.variant not in VARIANTS:
+            raise STEMError(f"must be one of {VARIANTS}, got '{self.variant}'", input_name="variant")
+        check_em_settings(self.num_bases, self.iterations, self.tau, self.init)
+        if self.chunk_tokens is not None and self.chunk_tokens < 1:
+            raise STEMError(f"must be >= 1 or 0 for automatic, got {self.chunk_tokens}", input_name="chunk_tokens")
+        return self
+
+    @property
+    def uses_bases_as_context(self) -> bool:
+        """The paper's STEM-SA: the attn1_patch hands the bases to ComfyUI's own attention."""
+        return self.mode == "stem" and self.variant == "paper"
+
+    @property
+    def needs_replace(self) -> bool:
+        """Modes whose attention is computed by our attn1_replace instead of ComfyUI's."""
+        return self.mode in ("two_frame", "all_frame") or (self.mode == "stem" and self.variant == "released")
+
+
+@dataclass
+class _RunState:
+    """Per-run state: warm-start bases and observers. Never shared between clones."""
+    warm: dict = field(default_factory=dict)       # key -> (sigma, direction, bases)
+    observers: list = field(default_factory=list)  # callables(event: dict)
+    warned_clamp: bool = False
+    replay: Optional[list] = None  # [(sigma, {site: bases [G, K, C]})] recorded by an inversion
+
+
+class VideoAttentionPatch:
+    """attn1_patch of one model clone; also owns that clone's attn1_replace callables.
+
+    ``extra_options["stem_video_frames"]`` (set by the inversion) makes the patch refuse a batch that
+    does not hold the whole video instead of silently running per-chunk EM.
+    """
+
+    def __init__(self, settings: VideoAttentionSettings):
+        self.settings = settings.validated()
+        self.state = _RunState()
+
+    # ComfyUI deep-copies model_options on every clone(): give the copy the same settings and a
+    # fresh, empty run state (no tensors duplicated, nothing leaks into another branch).
+    def __deepcopy__(self, memo):
+        return VideoAttentionPatch(self.settings)
+
+    def to(self, device_or_dtype):
+        # holds no weights; warm-start bases are re-created on the device of the features
+        return self
+
+    def reset(self):
+        self.state = _RunState()
+
+    def add_observer(self, fn):
+        self.state.observers.append(fn)
+
+    def set_replay(self, table):
+        """Use recorded bases instead of running EM: table [(sigma, {site: bases [G, K, C]})].
+
+        Each call takes the entry with the nearest sigma (log scale). Sampling evaluates the UNet at the
+        sigmas the inversion visited, so reconstruction reads exactly the inversion's context."""
+        self.state.replay = sorted(table, key=lambda e: e[0]) if table else None
+
+    def replace_for(self, site) -> "BaselineAttention":
+        return BaselineAttention(self, site)
+
+    def _replayed(self, site, sigma, groups, like):
+        if not self.state.replay or sigma is None:
+            return None
+        target = math.log(max(sigma, 1e-12))
+        _, by_site = min(self.state.replay, key=lambda e: abs(math.log(max(e[0], 1e-12)) - target))
+        bases = by_site.get(site)
+        if bases is None or bases.shape[-1] != like.shape[-1]:
+            return None
+        if bases.shape[0] != groups:
+            if bases.shape[0] != 1:
+                return None
+            bases = bases.expand(groups, *bases.shape[1:])  # the source's bases serve cond and uncond alike
+        return bases.to(device=like.device, dtype=like.dtype)
+
+    def _warm_bases(self, key, sigma):
+        """Bases of the previous step of the same monotone sigma run, else None (cold start)."""
+        if not self.settings.warm_start or sigma is None or key not in self.state.warm:
+            return None
+        prev_sigma, direction, bases = self.state.warm[key]
+        step = sigma - prev_sigma
+        if step == 0 or (direction != 0 and (step > 0) != (direction > 0)):
+            return None  # a new run started (sigma went back): never reuse another run's bases
+        return bases
+
+    def _remember(self, key, sigma, bases):
+        if sigma is None or not self.settings.warm_start:
+            return
+        direction = 0
+        if key in self.state.warm:
+            prev_sigma = self.state.warm[key][0]
+            direction = 0 if sigma == prev_sigma else (1 if sigma > prev_sigma else -1)
+            old_direction = self.state.warm[key][1]
+            if old_direction != 0 and direction != old_direction:
+                direction = 0
+        self.state.warm[key] = (sigma, direction, bases.detach())
+
+    def effective_bases(self, tokens: int) -> int:
+        """K clamped to the video's token count, with one warning per run instead of one per layer."""
+        k = self.settings.num_bases
+        if k > tokens:
+            if not self.state.warned_clamp:
+                logging.warning("[STEM] num_bases %d exceeds the %d tokens of the video at a layer; using %d bases "
+                                "there (K >= tokens reproduces all-frame attention)", k, tokens, tokens)
+                self.state.warned_clamp = True
+            return tokens
+        return k
+
+    def _notify(self, **event):
+        for fn in self.state.observers:
+            fn(event)
+
+    def __call__(self, n, context, value, extra_options):
+        """The paper's STEM-SA: n [B, L, C] (normed hidden states of all frames) -> (n, mu [B, K, C], mu)."""
+        site = site_of(extra_options)
+        if not self.settings.uses_bases_as_context or site not in self.settings.layers:
+            return n, context, value
+        if context is not n:
+            return n, context, value  # a cross-attention-like attn1 (not the case in SD1.5)
+        b, tokens, channels = n.shape
+        cond_or_uncond, frames = video_batch(b, extra_options)
+        groups = len(cond_or_uncond) or 1
+        x = n.reshape(groups, frames * tokens, channels)
+        sigma = sigma_of(extra_options)
+        key = (site, tuple(cond_or_uncond), b, tokens)
+        s = self.settings
+        bases = self._replayed(site, sigma, groups, n)
+        if bases is None:
+            result = estimate_bases(x, self.effective_bases(x.shape[1]), s.iterations, s.tau, seed=s.seed,
+                                    init=s.init, init_bases=self._warm_bases(key, sigma),
+                                    chunk_tokens=s.chunk_tokens)
+            bases = result.bases  # [groups, K, C]
+            self._remember(key, sigma, bases)
+        self._notify(kind="bases", site=site, sigma=sigma, bases=bases, frames=frames, groups=groups)
+        k = bases.shape[1]
+        mu = bases[:, None].expand(groups, frames, k, channels).reshape(b, k, channels)
+        return n, mu, mu
+
+
+class BaselineAttention:
+    """attn1_replace for one site of a VideoAttentionPatch: q, k, v [B, L, heads*d] -> out [B, L, heads*d]."""
+
+    def __init__(self, patch: VideoAttentionPatch, site):
+        self.patch = patch
+        self.site = tuple(site)
+
+    def to(self, device_or_dtype):
+        return self
+
+    def __call__(self, q, k, v, extra_options):
+        p, s = self.patch, self.patch.settings
+        heads = int(extra_options["n_heads"])
+        cond_or_uncond, frames = video_batch(q.shape[0], extra_options)
+        if s.mode == "two_frame":
+            return attention(q, two_frame_context(k, frames), two_frame_context(v, frames), heads)
+        if s.mode == "all_frame":
+            return all_frame_attention(q, k, v, frames, heads, frame_chunk=ALL_FRAME_QUERY_CHUNK)
+        if s.mode == "stem" and s.variant == "released":
+            return self._released_stem(q, k, v, heads, len(cond_or_uncond) or 1, frames, extra_options)
+        # paper STEM (k, v already are the projected bases) or per-frame: plain attention
+        return attention(q, k, v, heads)
+
+    def _released_stem(self, q, k, v, heads, groups, frames, extra_options):
+        """The authors' released code: EM per head on projected keys; values weighted alike."""
+        p, s = self.patch, self.patch.settings
+        b, tokens, inner = k.shape
+        d = inner // heads
+
+        def per_head(t):  # [B, L, heads*d] -> [groups*heads, frames*L, d]
+            return t.reshape(groups, frames, tokens, heads, d).permute(0, 3, 1, 2, 4).reshape(
+                groups * heads, frames * tokens, d)
+
+        sigma = sigma_of(extra_options)
+        key = (self.site, tuple(extra_options.get("cond_or_uncond", [0])), b, tokens, "released")
+        k_bases, v_bases = released_variant_bases(per_head(k), per_head(v), p.effective_bases(frames * tokens),
+                                                  max(1, s.iterations), s.tau, seed=s.seed,
+                                                  init_bases=p._warm_bases(key, sigma))
+        p._remember(key, sigma, k_bases)
+
+        def merge(t):  # [groups*heads, K, d] -> [groups, K, heads*d]
+            kk = t.shape[1]
+            return t.reshape(groups, heads, kk, d).permute(0, 2, 1, 3).reshape(groups, kk, heads * d)
+
+        return stem_attention(q, merge(k_bases), merge(v_bases), frames, heads)
+
+
+def install_plan(settings: VideoAttentionSettings):
+    """(attn1_patch, {site: attn1_replace}) for a model clone with these settings (no replaces for the
+    paper's STEM and per_frame, whose attention ComfyUI computes itself)."""
+    patch = VideoAttentionPatch(settings)
+    replaces = {site: patch.replace_for(site) for site in settings.layers} if settings.needs_replace else {}
+    return patch, replaces

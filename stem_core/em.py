@@ -25,9 +25,11 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .errors import STEMError
+
 __all__ = [
-    "EMSettingsError",
     "EMResult",
+    "check_em_settings",
     "RESPONSIBILITY_BUDGET_BYTES",
     "DEAD_BASIS_MASS",
     "e_step",
@@ -48,10 +50,6 @@ EXP_FLOOR = 80.0
 DEAD_BASIS_MASS = 1e-6
 
 _INITS = ("tokens", "gaussian")
-
-
-class EMSettingsError(ValueError):
-    """Invalid arguments or input for the EM basis estimation (the message names the input and the fix)."""
 
 
 @dataclass
@@ -80,20 +78,20 @@ class EMResult:
 
 def _as_int(value, name: str, hint: str) -> int:
     if isinstance(value, bool):
-        raise EMSettingsError(f"{name} must be an integer, got {value!r}; {hint}")
+        raise STEMError(f"{name} must be an integer, got {value!r}; {hint}")
     try:
         return operator.index(value)
     except TypeError:
-        raise EMSettingsError(f"{name} must be an integer, got {value!r}; {hint}") from None
+        raise STEMError(f"{name} must be an integer, got {value!r}; {hint}") from None
 
 
 def _check_tau(tau) -> float:
     try:
         tau_value = float(tau)
     except (TypeError, ValueError):
-        raise EMSettingsError(f"tau must be a positive number, got {tau!r}; use the paper's default 0.05") from None
+        raise STEMError(f"tau must be a positive number, got {tau!r}; use the paper's default 0.05") from None
     if not math.isfinite(tau_value) or tau_value <= 0.0:
-        raise EMSettingsError(
+        raise STEMError(
             f"tau (temperature) must be a finite number > 0, got {tau!r}; use the paper's default 0.05 "
             "(smaller values approach k-means)"
         )
@@ -102,18 +100,18 @@ def _check_tau(tau) -> float:
 
 def _check_features(x, name: str = "x") -> None:
     if not isinstance(x, torch.Tensor):
-        raise EMSettingsError(f"{name} must be a torch.Tensor of shape [G, M, C], got {type(x).__name__}")
+        raise STEMError(f"{name} must be a torch.Tensor of shape [G, M, C], got {type(x).__name__}")
     if x.dim() != 3:
-        raise EMSettingsError(
+        raise STEMError(
             f"{name} must be 3-D [G, M, C] (groups, tokens of all frames, channels), got shape "
             f"{tuple(x.shape)}; flatten frames and pixels into M, e.g. x.reshape(G, -1, C)"
         )
     if not x.is_floating_point():
-        raise EMSettingsError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        raise STEMError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if x.shape[1] < 1 or x.shape[2] < 1 or x.shape[0] < 1:
-        raise EMSettingsError(f"{name} must have at least one group, token and channel, got shape {tuple(x.shape)}")
+        raise STEMError(f"{name} must have at least one group, token and channel, got shape {tuple(x.shape)}")
     if not _all_finite(x):
-        raise EMSettingsError(
+        raise STEMError(
             f"the features ({name}) contain NaN/Inf; check the input latents / conditioning "
             "(and the model's precision: fp16 overflow produces Inf)"
         )
@@ -145,7 +143,7 @@ def _resolve_chunk(chunk_tokens, groups: int, tokens: int, num_bases: int, items
         return max(1, RESPONSIBILITY_BUDGET_BYTES // bytes_per_token)
     chunk = _as_int(chunk_tokens, "chunk_tokens", "pass a positive token count or None for automatic chunking")
     if chunk < 1:
-        raise EMSettingsError(
+        raise STEMError(
             f"chunk_tokens must be >= 1, got {chunk}; pass a positive token count or None for automatic chunking"
         )
     return min(chunk, tokens)
@@ -251,7 +249,7 @@ def e_step(x: torch.Tensor, bases: torch.Tensor, tau: float) -> torch.Tensor:
     _check_features(x)
     tau_value = _check_tau(tau)
     if bases.dim() != 3 or bases.shape[0] != x.shape[0] or bases.shape[2] != x.shape[2]:
-        raise EMSettingsError(
+        raise STEMError(
             f"bases must be [G, K, C] = [{x.shape[0]}, K, {x.shape[2]}] to match x {tuple(x.shape)}, "
             f"got {tuple(bases.shape)}"
         )
@@ -269,12 +267,12 @@ def m_step(x: torch.Tensor, z: torch.Tensor, previous_bases: Optional[torch.Tens
     """
     _check_features(x)
     if z.dim() != 3 or z.shape[0] != x.shape[0] or z.shape[1] != x.shape[1]:
-        raise EMSettingsError(
+        raise STEMError(
             f"responsibilities z must be [G, M, K] = [{x.shape[0]}, {x.shape[1]}, K] to match x "
             f"{tuple(x.shape)}, got {tuple(z.shape)}"
         )
     if previous_bases is not None and previous_bases.shape != (x.shape[0], z.shape[2], x.shape[2]):
-        raise EMSettingsError(
+        raise STEMError(
             f"previous_bases must be [G, K, C] = {(x.shape[0], z.shape[2], x.shape[2])}, "
             f"got {tuple(previous_bases.shape)}"
         )
@@ -318,37 +316,42 @@ def _initial_bases(x: torch.Tensor, num_bases: int, init: str, seed: int, comput
     return mean + var.sqrt() * noise
 
 
-def _validate_settings(x, num_bases, iterations, tau, seed, init, init_bases, name="x"):
-    _check_features(x, name)
+def check_em_settings(num_bases, iterations, tau, init="tokens"):
+    """The EM settings every caller validates the same way -> (K, R, tau); STEMError naming the input."""
     k = _as_int(num_bases, "num_bases (K)", "use the paper's default 256")
     if k < 1:
-        raise EMSettingsError(f"num_bases (K) must be >= 1, got {k}; use the paper's default 256")
+        raise STEMError(f"num_bases (K) must be >= 1, got {k}; use the paper's default 256")
     r = _as_int(iterations, "iterations (R)", "use the paper's default 3")
     if r < 0:
-        raise EMSettingsError(f"iterations (R) must be >= 0, got {r}; use the paper's default 3")
-    tau_value = _check_tau(tau)
-    seed_value = _as_int(seed, "seed", "pass an integer seed such as 0")
+        raise STEMError(f"iterations (R) must be >= 0, got {r}; use the paper's default 3")
     if init not in _INITS:
-        raise EMSettingsError(f"init must be one of {_INITS}, got {init!r}")
+        raise STEMError(f"init must be one of {_INITS}, got {init!r}")
+    return k, r, _check_tau(tau)
+
+
+def _validate_settings(x, num_bases, iterations, tau, seed, init, init_bases, name="x"):
+    _check_features(x, name)
+    k, r, tau_value = check_em_settings(num_bases, iterations, tau, init)
+    seed_value = _as_int(seed, "seed", "pass an integer seed such as 0")
     groups, tokens, channels = x.shape
     if init_bases is not None:
         if not isinstance(init_bases, torch.Tensor) or init_bases.dim() != 3:
-            raise EMSettingsError(
+            raise STEMError(
                 f"init_bases must be a [G, K, C] tensor, got "
                 f"{tuple(init_bases.shape) if isinstance(init_bases, torch.Tensor) else type(init_bases).__name__}"
             )
         if init_bases.shape[0] != groups or init_bases.shape[2] != channels:
-            raise EMSettingsError(
+            raise STEMError(
                 f"init_bases must be [G, K, C] = [{groups}, K, {channels}] to match x {tuple(x.shape)}, "
                 f"got {tuple(init_bases.shape)}; warm-start only from bases of the same layer and batch layout"
             )
         if init_bases.shape[1] != k:
-            raise EMSettingsError(
+            raise STEMError(
                 f"init_bases has K = {init_bases.shape[1]} bases but num_bases (K) = {k}; pass "
                 f"num_bases={init_bases.shape[1]} or cold-start with init_bases=None"
             )
         if not bool(torch.isfinite(init_bases).all()):
-            raise EMSettingsError("init_bases contain NaN/Inf; cold-start with init_bases=None")
+            raise STEMError("init_bases contain NaN/Inf; cold-start with init_bases=None")
     elif k > tokens:
         warnings.warn(
             f"num_bases (K) = {k} exceeds the number of tokens M = {tokens}; using K = {tokens} "
@@ -446,11 +449,11 @@ def released_variant_bases(
     )
     _check_features(v, "v")
     if v.shape[:2] != k.shape[:2]:
-        raise EMSettingsError(
+        raise STEMError(
             f"v must have the same groups and tokens [G, M] as k: k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
     if r < 1:
-        raise EMSettingsError(
+        raise STEMError(
             f"iterations (R) must be >= 1 for the released variant (the value bases need one E-step), got {r}; "
             "use the released default 5"
         )

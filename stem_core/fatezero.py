@@ -3,12 +3,13 @@
 What lives here (no ComfyUI import; the callables only read plain ``extra_options`` dict entries):
 - :class:`AttentionStore`: the source's attention probabilities of every inversion step, on the CPU or
   spilled to a folder, with ``nbytes()`` and ``free()``.
-- :class:`AttentionRecorder`: the patches that fill a store while STEMInvert runs (attn1_patch +
+- :class:`AttentionStoreWriter`: the patches that fill a store while STEMInvert runs (attn1_patch +
   attn1_replace + attn2_replace), driven by the ``begin_inversion`` / ``finish_inversion`` seam.
 - Word alignment of source and target token ids (:func:`align_prompts`), cross-attention replace /
   refine and per-word reweighting (:func:`fuse_cross`), self-attention replacement (:func:`fuse_self`),
   the blend mask (:func:`blend_mask`) and the step windows.
-- :class:`FusionPatches`: the patches of the editing branch that read the store.
+- :class:`FusionPatches`: the patches of the editing branch that read the store, and
+  :func:`edit_loop`, the DDIM sampling loop of the edit with FateZero's optional latent blend.
 
 Step convention (all fractions count DENOISING steps from the noisiest one):
 - Editing step ``j`` (0 = the first, noisiest step at sigma_max; ``steps - 1`` the last) runs from
@@ -47,43 +48,16 @@ import torch
 import torch.nn.functional as F
 
 from . import attention as attn
+from .attention import group_rows, sigma_of, video_batch
 from .em import e_step, m_step
-from .patch import SD15_ATTN1_SITES, PatchError, parse_layers, site_name
+from .errors import STEMError
+from .inversion import InversionTrajectory, ddim_step
+from .sites import BLEND_MASK_SITES, SD15_KEYS, site_name, site_of
 
-# Sites whose token grid is at most 32x32 at 512x512 px: FateZero stores and fuses only these
-# (its 64x64 layers are skipped for memory).
-FATEZERO_SITES = (("input", 4), ("input", 5), ("input", 7), ("input", 8), ("middle", 0),
-                  ("output", 3), ("output", 4), ("output", 5), ("output", 6), ("output", 7), ("output", 8))
-# Sites at 16x16 tokens at 512 px: FateZero's blend mask averages their cross-attention.
-BLEND_SITES = (("input", 7), ("input", 8), ("output", 3), ("output", 4), ("output", 5))
 MAX_TOKENS = 77
 LATENT_BLEND_WINDOW = (0.2, 0.8)
 STORE_DTYPE = torch.float16
 KINDS = ("cross", "self", "resp")
-
-
-class FateZeroError(ValueError):
-    """A bad setting or input of FateZero editing, with a message saying how to fix it."""
-
-
-def parse_store_layers(spec: str) -> tuple:
-    """'fatezero' (default: <= 32x32 tokens at 512 px) | 'all' | 'encoder' | ... | 'input_4, output_6'."""
-    parts = [p.strip().lower() for p in str(spec).replace(";", ",").split(",") if p.strip()]
-    chosen = set()
-    rest = []
-    for p in parts:
-        if p == "fatezero":
-            chosen.update(FATEZERO_SITES)
-        else:
-            rest.append(p)
-    if rest:
-        try:
-            chosen.update(parse_layers(",".join(rest)))
-        except PatchError as exc:
-            raise FateZeroError(f"{exc} (or 'fatezero' for the layers FateZero stores)") from None
-    if not chosen:
-        raise FateZeroError("layers: no layer selected; 'fatezero' stores the layers with <= 32x32 tokens at 512 px")
-    return tuple(s for s in SD15_ATTN1_SITES if s in chosen)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -93,7 +67,7 @@ def parse_store_layers(spec: str) -> tuple:
 def fused_steps(fraction: float, steps: int) -> int:
     """Number of leading (noisiest) editing steps fused for a fraction in [0, 1]."""
     if not (0.0 <= float(fraction) <= 1.0):
-        raise FateZeroError(f"a replace-steps fraction must be in [0, 1], got {fraction}")
+        raise STEMError(f"a replace-steps fraction must be in [0, 1], got {fraction}")
     return int(math.floor(float(fraction) * int(steps) + 1e-6))
 
 
@@ -137,7 +111,7 @@ class AttentionStore:
 
     def put(self, step: int, kind: str, site, tensor: torch.Tensor):
         if self.freed:
-            raise FateZeroError("the attention store was already freed")
+            raise STEMError("the attention store was already freed")
         key = (int(step), kind, tuple(site))
         t = tensor.detach().to("cpu", STORE_DTYPE).contiguous()
         self._bytes[key] = t.numel() * t.element_size()
@@ -155,7 +129,7 @@ class AttentionStore:
 
     def get(self, step, kind, site, device=None, dtype=torch.float32) -> torch.Tensor:
         if self.freed:
-            raise FateZeroError("the attention store of this trajectory was freed (release_store on a previous "
+            raise STEMError("the attention store of this trajectory was freed (release_store on a previous "
                                 "edit). Re-run STEM Invert (change one of its inputs) or turn release_store off")
         key = (int(step), kind, tuple(site))
         if key in self._mem:
@@ -164,10 +138,10 @@ class AttentionStore:
             try:
                 t = torch.load(self._files[key], map_location="cpu", weights_only=True)
             except FileNotFoundError:
-                raise FateZeroError(f"the stored attention file {self._files[key]} was deleted (ComfyUI empties its "
+                raise STEMError(f"the stored attention file {self._files[key]} was deleted (ComfyUI empties its "
                                     f"temp folder when it starts); run STEM Invert again") from None
         else:
-            raise FateZeroError(f"the attention store has no {kind} map of {site_name(site)} at inversion step {step}")
+            raise STEMError(f"the attention store has no {kind} map of {site_name(site)} at inversion step {step}")
         return t.to(device=device, dtype=dtype)
 
     def shape(self, step, kind, site):
@@ -175,13 +149,13 @@ class AttentionStore:
 
     def sites(self, kind: str) -> tuple:
         found = {k[2] for k in self._bytes if k[1] == kind}
-        return tuple(s for s in SD15_ATTN1_SITES if s in found)
+        return tuple(s for s in SD15_KEYS if s in found)
 
     def nbytes(self, kind: str | None = None) -> int:
         """Bytes of the stored maps (payload, whether in RAM or in the folder)."""
         return sum(b for k, b in self._bytes.items() if kind is None or k[1] == kind)
 
-    def complete(self) -> list:
+    def missing_entries(self) -> list:
         """Names of (kind, site) pairs that miss some step (empty when every step was recorded)."""
         missing = []
         for kind in KINDS:
@@ -259,7 +233,7 @@ def align_prompts(source_ids, target_ids, length: int = MAX_TOKENS) -> Alignment
     """
     src, tgt = list(source_ids), list(target_ids)
     if len(src) + 2 > length or len(tgt) + 2 > length:
-        raise FateZeroError(f"prompts must fit in {length - 2} tokens (source {len(src)}, target {len(tgt)})")
+        raise STEMError(f"prompts must fit in {length - 2} tokens (source {len(src)}, target {len(tgt)})")
     if len(src) == len(tgt):
         return Alignment("replace", torch.arange(length), torch.ones(length))
     mapper = torch.zeros(length, dtype=torch.long)
@@ -281,14 +255,14 @@ def parse_reweight(text: str) -> list:
         if not part:
             continue
         if ":" not in part:
-            raise FateZeroError(f"reweight: '{part}' needs the form word:weight, e.g. 'red:2.0'")
+            raise STEMError(f"reweight: '{part}' needs the form word:weight, e.g. 'red:2.0'")
         word, _, value = part.rpartition(":")
         try:
             weight = float(value)
         except ValueError:
-            raise FateZeroError(f"reweight: '{value}' in '{part}' is not a number") from None
+            raise STEMError(f"reweight: '{value}' in '{part}' is not a number") from None
         if not word.strip() or not math.isfinite(weight) or weight < 0:
-            raise FateZeroError(f"reweight: '{part}' needs a word and a finite weight >= 0")
+            raise STEMError(f"reweight: '{part}' needs a word and a finite weight >= 0")
         out.append((word.strip(), weight))
     return out
 
@@ -335,7 +309,7 @@ def fuse_self(p_src: torch.Tensor, p_tgt: torch.Tensor, mask: torch.Tensor | Non
     """Self-attention replacement: p [frames, heads, HW, Lk]; mask [frames, HW] (1 = edited region keeps
     the target's own map) or None (the source's map everywhere)."""
     if p_src.shape != p_tgt.shape:
-        raise FateZeroError(f"stored self-attention {tuple(p_src.shape)} does not match the edit's "
+        raise STEMError(f"stored self-attention {tuple(p_src.shape)} does not match the edit's "
                             f"{tuple(p_tgt.shape)}")
     if mask is None:
         return p_src
@@ -361,7 +335,7 @@ def layer_hw(tokens: int, latent_hw) -> tuple:
     side = int(round(math.sqrt(tokens)))
     if side * side == tokens:
         return side, side
-    raise FateZeroError(f"cannot place {tokens} tokens on the grid of a {h}x{w} latent")
+    raise STEMError(f"cannot place {tokens} tokens on the grid of a {h}x{w} latent")
 
 
 def word_attention(maps, positions, latent_hw) -> torch.Tensor:
@@ -370,7 +344,7 @@ def word_attention(maps, positions, latent_hw) -> torch.Tensor:
     maps: list of [frames, heads, HW_l, 77] (one per layer, resolutions may differ) -> [frames, h, w] at
     the finest layer's grid (coarser layers are resized bilinearly)."""
     if not maps:
-        raise FateZeroError("no cross-attention maps to build the blend mask from")
+        raise STEMError("no cross-attention maps to build the blend mask from")
     idx = torch.as_tensor(list(positions), dtype=torch.long)
     grids = []
     for p in maps:
@@ -397,32 +371,7 @@ def blend_mask(word_maps: torch.Tensor, size, threshold: float) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------
-# batch helpers shared by recorder and editor
-
-
-def _groups_frames(batch: int, extra_options) -> tuple:
-    cond_or_uncond = list(extra_options.get("cond_or_uncond", [0]))
-    groups = max(1, len(cond_or_uncond))
-    if batch % groups:
-        raise FateZeroError(f"batch {batch} is not divisible by {groups} conditioning groups")
-    frames = batch // groups
-    expected = extra_options.get("stem_video_frames")
-    if expected is not None and frames != int(expected):
-        raise FateZeroError(f"the UNet saw {frames} frames in one call but the video has {expected}; FateZero "
-                            f"editing needs every frame in one batch")
-    return cond_or_uncond, frames
-
-
-def _site_of(extra_options):
-    block = extra_options.get("block")
-    return None if block is None else (block[0], int(block[1]))
-
-
-def _sigma_of(extra_options):
-    s = extra_options.get("sigmas")
-    if s is None:
-        return None
-    return float(s.reshape(-1)[0]) if torch.is_tensor(s) else float(s)
+# helpers shared by writer and fusion
 
 
 def _nearest_step(sigma, sigmas) -> int | None:
@@ -433,39 +382,12 @@ def _nearest_step(sigma, sigmas) -> int | None:
     return i if float(d[i]) <= 1e-3 * max(1.0, abs(sigma)) else None
 
 
-def expand_context(k: torch.Tensor, frames: int, context: str) -> torch.Tensor:
-    """Keys/values each frame attends to under a self-attention context (k [B, L, D] projected)."""
-    if context == "two_frame":
-        return attn.two_frame_context(k, frames)
-    if context == "all_frame":
-        b, l, d = k.shape
-        g = b // frames
-        return k.reshape(g, 1, frames * l, d).expand(g, frames, frames * l, d).reshape(b, frames * l, d)
-    return k
-
-
-def _probs(q, k, heads):
-    qh = q.reshape(q.shape[0], q.shape[1], heads, -1).transpose(1, 2).float()
-    kh = k.reshape(k.shape[0], k.shape[1], heads, -1).transpose(1, 2).float()
-    return torch.matmul(qh, kh.transpose(-1, -2)).mul_(1.0 / math.sqrt(qh.shape[-1])).softmax(-1)
-
-
-def _apply_probs(p, v, heads):
-    vh = v.reshape(v.shape[0], v.shape[1], heads, -1).transpose(1, 2).float()
-    out = torch.matmul(p.float(), vh)
-    return out.transpose(1, 2).reshape(v.shape[0], p.shape[2], -1).to(v.dtype)
-
-
-def _rows(group_index: int, frames: int):
-    return slice(group_index * frames, (group_index + 1) * frames)
-
-
 # ------------------------------------------------------------------------------------------------
 # recording during inversion
 
 
-class AttentionRecorder:
-    """attn1_patch of a model clone that records an :class:`AttentionStore` while STEMInvert runs.
+class AttentionStoreWriter:
+    """attn1_patch of a model clone that writes an :class:`AttentionStore` while STEMInvert runs.
 
     Inert (plain pass-through attention) outside ``begin_inversion`` .. ``finish_inversion``. Its
     ``self_replace``/``cross_replace`` objects are the attn1/attn2 replaces of the recorded sites.
@@ -483,7 +405,7 @@ class AttentionRecorder:
         self.sigmas = None
 
     def __deepcopy__(self, memo):  # clones get their own empty recorder (no tensors copied)
-        return AttentionRecorder(self.sites, self.contexts, self.tau, self.folder)
+        return AttentionStoreWriter(self.sites, self.contexts, self.tau, self.folder)
 
     def context_at(self, site) -> str:
         return self.contexts.get(tuple(site), "per_frame")
@@ -505,13 +427,13 @@ class AttentionRecorder:
         store, self.store, self.sigmas = self.store, None, None
         if store is None:
             return
-        missing = store.complete()
+        missing = store.missing_entries()
         if not store.sites("cross") or not store.sites("self") or missing:
             store.free()
-            raise FateZeroError(
+            raise STEMError(
                 "STEM Attention Store recorded no or incomplete maps" + (f" ({', '.join(missing[:4])})" if missing
                                                                          else "") +
-                ". Put STEM Attention Store AFTER STEM Basis Estimate (directly before STEM Invert), and do not "
+                ". Put STEM Attention Store AFTER STEM Video Attention (directly before STEM Invert), and do not "
                 "patch attention between them")
         trajectory.extras["attention_store"] = store
         logging.info("[STEM] %s", store.describe())
@@ -526,18 +448,18 @@ class AttentionRecorder:
         return self.store is not None
 
     def _step(self, extra_options):
-        return _nearest_step(_sigma_of(extra_options), self.sigmas)
+        return _nearest_step(sigma_of(extra_options), self.sigmas)
 
     # -- attn1_patch: the source's EM responsibilities (paper STEM-SA only) ----------------------
     def __call__(self, n, context, value, extra_options):
-        site = _site_of(extra_options)
+        site = site_of(extra_options)
         if not self.active or site not in self.sites or context is None or context is n:
             return n, context, value
         step = self._step(extra_options)
-        cond_or_uncond, frames = _groups_frames(n.shape[0], extra_options)
+        cond_or_uncond, frames = video_batch(n.shape[0], extra_options)
         if step is None or 0 not in cond_or_uncond:
             return n, context, value
-        r = _rows(cond_or_uncond.index(0), frames)
+        r = group_rows(cond_or_uncond.index(0), frames)
         x = n[r].reshape(1, -1, n.shape[-1])
         bases = context[r][:1]  # the STEM patch expands one group's bases to every frame
         z = e_step(x, bases, self.tau)[0]  # [frames*HW, K]
@@ -565,16 +487,16 @@ class _RecordAttention:
         rec = self.recorder
         heads = int(extra_options["n_heads"])
         step = rec._step(extra_options) if rec.active else None
-        cond_or_uncond, frames = _groups_frames(q.shape[0], extra_options)
+        cond_or_uncond, frames = video_batch(q.shape[0], extra_options)
         if step is None or 0 not in cond_or_uncond:
             if self.wrapped is not None:
                 return self.wrapped(q, k, v, extra_options)
             return attn.attention(q, k, v, heads)
         if self.kind == "self":
             ctx = rec.context_at(self.site)
-            k, v = expand_context(k, frames, ctx), expand_context(v, frames, ctx)
+            k, v = attn.context_for_mode(k, frames, ctx), attn.context_for_mode(v, frames, ctx)
         out, probs = attn.attention_with_probs(q, k, v, heads)
-        rec.store.put(step, self.kind, self.site, probs[_rows(cond_or_uncond.index(0), frames)])
+        rec.store.put(step, self.kind, self.site, probs[group_rows(cond_or_uncond.index(0), frames)])
         return out
 
 
@@ -603,7 +525,7 @@ class FusionPatches:
     """
 
     def __init__(self, store: AttentionStore, settings: FusionSettings, sampling_sigmas, latent_hw,
-                 contexts=None, blend_sites=BLEND_SITES):
+                 contexts=None, blend_sites=BLEND_MASK_SITES):
         self.store = store
         self.settings = settings
         self.sigmas = torch.as_tensor(sampling_sigmas, dtype=torch.float64).reshape(-1)
@@ -625,7 +547,7 @@ class FusionPatches:
         self._masks.clear()
 
     def step_of(self, extra_options):
-        return _nearest_step(_sigma_of(extra_options), self.sigmas[:self.steps])
+        return _nearest_step(sigma_of(extra_options), self.sigmas[:self.steps])
 
     # -- blend mask ----------------------------------------------------------------------------
     def mask(self, edit_step: int, size, device=None) -> torch.Tensor | None:
@@ -651,7 +573,7 @@ class FusionPatches:
 
     # -- attn1_patch ---------------------------------------------------------------------------
     def __call__(self, n, context, value, extra_options):
-        site = _site_of(extra_options)
+        site = site_of(extra_options)
         if self.store is None or context is None or context is n:
             return n, context, value
         j = self.step_of(extra_options)
@@ -660,16 +582,16 @@ class FusionPatches:
         sj = store_step(j, self.steps)
         if not self.store.has(sj, "resp", site):
             return n, context, value
-        cond_or_uncond, frames = _groups_frames(n.shape[0], extra_options)
+        cond_or_uncond, frames = video_batch(n.shape[0], extra_options)
         if 0 not in cond_or_uncond:
             return n, context, value
-        r = _rows(cond_or_uncond.index(0), frames)
+        r = group_rows(cond_or_uncond.index(0), frames)
         z = self.store.get(sj, "resp", site, device=n.device)
         k = context.shape[1]
         if z.shape != (frames * n.shape[1], k):
-            raise FateZeroError(
+            raise STEMError(
                 f"{site_name(site)}: the stored STEM responsibilities are {tuple(z.shape)} but the edit has "
-                f"{frames * n.shape[1]} tokens and {k} bases; use the same STEM Basis Estimate settings and video "
+                f"{frames * n.shape[1]} tokens and {k} bases; use the same STEM Video Attention settings and video "
                 f"as the inversion")
         x = n[r].reshape(1, -1, n.shape[-1])
         mu = bases_from_responsibilities(x, z[None], context[r][:1].to(x.dtype))
@@ -703,26 +625,26 @@ class _FuseSelf:
         j = f.step_of(extra_options) if f.store is not None else None
         if j is None or j >= f.settings.self_steps:
             return self._plain(q, k, v, extra_options, heads)
-        cond_or_uncond, frames = _groups_frames(q.shape[0], extra_options)
+        cond_or_uncond, frames = video_batch(q.shape[0], extra_options)
         if 0 not in cond_or_uncond:
             return self._plain(q, k, v, extra_options, heads)
         sj = store_step(j, f.steps)
         ctx = f.contexts.get(self.site, "per_frame")
-        kk, vv = expand_context(k, frames, ctx), expand_context(v, frames, ctx)
+        kk, vv = attn.context_for_mode(k, frames, ctx), attn.context_for_mode(v, frames, ctx)
         out = attn.attention(q, kk, vv, heads)
-        r = _rows(cond_or_uncond.index(0), frames)
-        p_tgt = _probs(q[r], kk[r], heads)
+        r = group_rows(cond_or_uncond.index(0), frames)
+        p_tgt = attn.attention_probs(q[r], kk[r], heads)
         p_src = f.store.get(sj, "self", self.site, device=q.device)
         if p_src.shape != p_tgt.shape:
-            raise FateZeroError(
+            raise STEMError(
                 f"{site_name(self.site)}: the stored self-attention maps are {tuple(p_src.shape)} but the edit's "
-                f"are {tuple(p_tgt.shape)}; edit with the same model / STEM Basis Estimate settings as the "
+                f"are {tuple(p_tgt.shape)}; edit with the same model / STEM Video Attention settings as the "
                 f"inversion")
         hw = layer_hw(q.shape[1], f.latent_hw)
         mask = f.mask(j, hw, device=q.device)
         p = fuse_self(p_src, p_tgt, None if mask is None else mask.reshape(frames, -1))
         out = out.clone()
-        out[r] = _apply_probs(p, vv[r], heads).to(out.dtype)
+        out[r] = attn.apply_probs(p, vv[r], heads).to(out.dtype)
         return out
 
 
@@ -740,19 +662,57 @@ class _FuseCross:
         s = f.settings if f.store is not None else None
         if j is None or (j >= s.cross_steps and s.eq is None):
             return attn.attention(q, k, v, heads)
-        cond_or_uncond, frames = _groups_frames(q.shape[0], extra_options)
+        cond_or_uncond, frames = video_batch(q.shape[0], extra_options)
         if 0 not in cond_or_uncond:
             return attn.attention(q, k, v, heads)
-        r = _rows(cond_or_uncond.index(0), frames)
+        r = group_rows(cond_or_uncond.index(0), frames)
         out = attn.attention(q, k, v, heads).clone()
-        p_tgt = _probs(q[r], k[r], heads)
+        p_tgt = attn.attention_probs(q[r], k[r], heads)
         if p_tgt.shape[-1] != s.alignment.mapper.shape[0]:
-            raise FateZeroError(f"the target conditioning has {p_tgt.shape[-1]} tokens; FateZero editing supports "
+            raise STEMError(f"the target conditioning has {p_tgt.shape[-1]} tokens; FateZero editing supports "
                                 f"one {MAX_TOKENS}-token chunk (prompts up to 75 tokens)")
         if j < s.cross_steps:
             p_src = f.store.get(store_step(j, f.steps), "cross", self.site, device=q.device)
             p = fuse_cross(p_src, p_tgt, s.alignment, 1.0, s.eq)
         else:
             p = fuse_cross(p_tgt, p_tgt, s.alignment, 0.0, s.eq)
-        out[r] = _apply_probs(p, v[r], heads).to(out.dtype)
+        out[r] = attn.apply_probs(p, v[r], heads).to(out.dtype)
         return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the editing loop
+
+
+def site_modes(settings, sites) -> dict:
+    """Self-attention mode of each site under a model's VideoAttentionSettings (None: a plain model)."""
+    if settings is None:
+        return {s: "per_frame" for s in sites}
+    if settings.mode == "stem" and settings.variant == "released":
+        raise STEMError("FateZero editing needs the paper's STEM variant; the released variant's per-head bases "
+                        "cannot be matched between source and edit", input_name="variant",
+                        fix="set variant 'paper' on STEM Video Attention")
+    return {s: (settings.mode if s in settings.layers else "per_frame") for s in sites}
+
+
+def edit_loop(trajectory: InversionTrajectory, fusion: "FusionPatches", latent_blend: bool, on_step=None):
+    """The edit's DDIM sampling loop ``loop(denoise, x, sigmas) -> x`` (sampler space): the fusion patches
+    read the store inside ``denoise``; with ``latent_blend`` (and blend words) the latents outside the blend
+    mask are reset to the inverted source latents in FateZero's window; the mean blend mask is recorded."""
+    steps = trajectory.steps
+    h, w = trajectory.latent_size
+    use_latent_blend = bool(latent_blend) and bool(fusion.settings.blend_positions)
+
+    def loop(denoise, x, sigmas):
+        for j in range(steps):
+            denoised = denoise(x, sigmas[j])
+            x = ddim_step(x, denoised, sigmas[j], sigmas[j + 1])
+            if use_latent_blend and latent_blend_active(j, steps):
+                mask = fusion.mask(j, x.shape[-2:], device=x.device).to(x.dtype)
+                src = trajectory.latent_at_sampling_step(j + 1).to(x)
+                x = src + mask[:, None] * (x - src)
+            fusion.record_output_mask(j, (8 * h, 8 * w))
+            if on_step is not None:
+                on_step(j, steps)
+        return x
+    return loop

@@ -471,3 +471,16 @@ def plot_curves_png(curves: Mapping[str, Sequence[float]], path: Optional[str], 
         if not cv2.imwrite(str(path), img):
             raise OSError(f"could not write the plot to {path}")
     return img[..., ::-1].copy()
+
+
+def video_metrics(source, result, warp_error: bool = True, flow_method: str = "dis", check_interrupt=None):
+    """Per-frame PSNR and SSIM of ``result`` against ``source`` (IMAGE [N, H, W, 3]) and, with ``warp_error`` and
+    more than one frame, the flow-warped temporal error -> (per-frame dict, flow name or None)."""
+    per_frame = {"psnr": psnr_per_frame(result, source, a_name="result", b_name="source"),
+                 "ssim": ssim_per_frame(result, source, a_name="result", b_name="source")}
+    flow_name = None
+    if warp_error and result.shape[0] > 1:
+        if check_interrupt is not None:
+            check_interrupt()
+        per_frame["warp_error"], flow_name = warp_error_per_frame(result, source, method=flow_method)
+    return per_frame, flow_name

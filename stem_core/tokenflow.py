@@ -33,6 +33,36 @@ Blend formula (:func:`blend_plan`), frame f between keyframes at positions p- <=
   ``p_b = (c-1)*B + B//2``; ``w_a = sigmoid(d_b / (d_a + d_b))`` (so w_a lies in [0.5, 0.73]);
   chunk 0 uses its own keyframe only (w = 1).
 
+Where TokenFlow's hooks sit (authors' diffusers names -> ComfyUI's SD1.x/2.x UNet):
+
+- Residual-feature injection, diffusers ``up_blocks[1].resnets[1]`` (second decoder stage, 1280
+  channels, 1/16 of the image size) -> ComfyUI ``output_blocks[4][0]`` (a ResBlock; generally
+  ``up_blocks[i].resnets[j] -> output_blocks[3*i + j][0]``). The residual branch (after conv2, before
+  the skip connection is added) is that ResBlock's ``out_layers``; the glue installs an object patch
+  there (``sites.TOKENFLOW_RESIDUAL_MODULE``), :class:`ResidualInjection`, which shares its layers and
+  replaces the edit branches' output by the source branch's.
+- Query/key injection, diffusers ``up_blocks[1].attentions[1, 2]``, ``up_blocks[2].attentions[0..2]``,
+  ``up_blocks[3].attentions[0..2]`` -> ComfyUI attn1 sites ``("output", 4) .. ("output", 11)``
+  (``up_blocks[i].attentions[j] -> output_blocks[3*i + j][1]``; ``("output", 3)`` is excluded as in
+  TokenFlow: "not in the first block of the lowest resolution").
+- Extended keyframe attention and propagation: all 16 attn1 sites (``input`` 1,2,4,5,7,8, ``middle`` 0,
+  ``output`` 3..11), through one attn1 pre-projection patch (records the normalised input used for
+  nearest neighbours) and 16 attn1 replacements. Everything is installed on a clone; the input MODEL
+  is never modified. A STEM attention patch on the incoming MODEL is left out of the clone: as in the
+  authors' code, STEM is used for inversion and TokenFlow's own attention for editing.
+
+Memory. Per step the UNet runs one keyframe pass of ``groups * K`` frames (K = ceil(N / chunk_size)
+keyframes, groups = 3: source, uncond, cond; 2 when cfg = 1) and then passes of at most
+``groups * chunk_size`` frames over the remaining frames. Kept in between: for each of the 16 layers
+the keyframes' source features and attention outputs (4 tensors of [K, tokens, channels]; about
+90 MB per keyframe for SD1.5 at 512x512 in fp16). Extended attention streams the keyframes' queries
+(2 keyframes at a time) against all keyframe keys, so its scores grow like K, not K^2, and nearest
+neighbours are scored 1024 tokens at a time. Peak memory therefore is about
+``weights + a * N + b * K + c * groups * max(K, chunk_size)``: with the default chunk size 8 it is flat
+in the UNet-pass term up to 64 frames and grows linearly (slope ~1/8 of a whole-video batch) beyond,
+plus the latents (x, the denoised estimate and the trajectory's N-frame latents, a few MB).
+``bench/bench_tokenflow_memory.py`` measures it.
+
 Shapes follow ComfyUI's projected layout: q, k, v ``[groups * n, tokens, heads * dim_head]``, frames of
 one group consecutive; attention-input features ``[groups * n, tokens, channels]``.
 """
@@ -46,12 +76,13 @@ import torch
 from torch import nn
 
 from .attention import all_frame_attention, attention
+from .errors import STEMError
+from .inversion import InversionTrajectory, ddim_step
+from .sites import SD15_KEYS, TOKENFLOW_QK_SITES, site_of
 
 __all__ = [
-    "SD_ATTN1_SITES",
-    "QK_INJECTION_SITES",
-    "RESIDUAL_INJECTION_MODULE",
-    "TokenFlowError",
+    "TokenFlowSettings",
+    "edit_video",
     "chunk_count",
     "select_keyframes",
     "keyframe_schedule",
@@ -65,30 +96,11 @@ __all__ = [
     "ResidualInjection",
 ]
 
-# The 16 self-attention sites (block name, block id) of an SD1.x/2.x UNet in ComfyUI's naming.
-SD_ATTN1_SITES = (
-    ("input", 1), ("input", 2), ("input", 4), ("input", 5), ("input", 7), ("input", 8),
-    ("middle", 0),
-    ("output", 3), ("output", 4), ("output", 5), ("output", 6), ("output", 7), ("output", 8),
-    ("output", 9), ("output", 10), ("output", 11),
-)
-# TokenFlow injects q/k in the decoder's attention layers except the first of the lowest resolution:
-# diffusers up_blocks[1].attentions[1, 2], up_blocks[2].attentions[0..2], up_blocks[3].attentions[0..2]
-# = ComfyUI output_blocks 4..11 (up_blocks[i].attentions[j] -> output_blocks[3*i + j][1]).
-QK_INJECTION_SITES = tuple(("output", i) for i in range(4, 12))
-# diffusers up_blocks[1].resnets[1] -> ComfyUI output_blocks[4][0] (up_blocks[i].resnets[j] ->
-# output_blocks[3*i + j][0]); its `out_layers` (norm, SiLU, dropout, conv2) is the residual branch.
-RESIDUAL_INJECTION_MODULE = "diffusion_model.output_blocks.4.0.out_layers"
-
 BLEND_MODES = ("paper", "released")
 # Extended attention runs this many keyframes' queries through SDPA at once (bounds the score matrix).
 KEYFRAME_QUERY_CHUNK = 2
 # Nearest-neighbour search scores this many query tokens at once against one keyframe.
 NN_QUERY_BLOCK = 1024
-
-
-class TokenFlowError(ValueError):
-    """A bad setting or a batch that does not follow the TokenFlow layout."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -97,7 +109,7 @@ class TokenFlowError(ValueError):
 
 def _positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise TokenFlowError(f"{name} must be an integer >= 1, got {value!r}")
+        raise STEMError(f"{name} must be an integer >= 1, got {value!r}")
     return value
 
 
@@ -163,15 +175,15 @@ def blend_plan(frames: int, keyframes, chunk_size: int, mode: str = "paper") -> 
     keyframes: [chunk_count] ascending frame indices, one per chunk (e.g. from :func:`select_keyframes`).
     """
     if mode not in BLEND_MODES:
-        raise TokenFlowError(f"blend mode must be one of {BLEND_MODES}, got {mode!r}")
+        raise STEMError(f"blend mode must be one of {BLEND_MODES}, got {mode!r}")
     kf = torch.as_tensor(keyframes, dtype=torch.long).reshape(-1)
     chunks = chunk_count(frames, chunk_size)
     if kf.numel() != chunks:
-        raise TokenFlowError(f"expected {chunks} keyframes (one per chunk of {chunk_size}), got {kf.numel()}")
+        raise STEMError(f"expected {chunks} keyframes (one per chunk of {chunk_size}), got {kf.numel()}")
     for c in range(chunks):
         lo, hi = c * chunk_size, min((c + 1) * chunk_size, frames)
         if not lo <= int(kf[c]) < hi:
-            raise TokenFlowError(f"keyframe {int(kf[c])} of chunk {c} lies outside its frames [{lo}, {hi})")
+            raise STEMError(f"keyframe {int(kf[c])} of chunk {c} lies outside its frames [{lo}, {hi})")
     f = torch.arange(frames, dtype=torch.long)
     if mode == "paper":
         # slot of the last keyframe at or before f (-1 if none) and of the first at or after f
@@ -225,11 +237,11 @@ def nearest_neighbors(query: torch.Tensor, keys: torch.Tensor, key_index, block:
     so only the keys are normalised. Memory: one [block, Lk] score matrix at a time.
     """
     if query.dim() != 3 or keys.dim() != 3 or query.shape[-1] != keys.shape[-1]:
-        raise TokenFlowError(f"query [F, L, C] and keys [K, Lk, C] expected, got {tuple(query.shape)} and "
+        raise STEMError(f"query [F, L, C] and keys [K, Lk, C] expected, got {tuple(query.shape)} and "
                              f"{tuple(keys.shape)}")
     key_index = torch.as_tensor(key_index, dtype=torch.long).reshape(-1)
     if key_index.numel() != query.shape[0]:
-        raise TokenFlowError(f"key_index has {key_index.numel()} entries for {query.shape[0]} frames")
+        raise STEMError(f"key_index has {key_index.numel()} entries for {query.shape[0]} frames")
     k_hat = keys if keys_normalized else normalize_keys(keys)
     frames, tokens, _ = query.shape
     out = torch.empty(frames, tokens, dtype=torch.long, device=query.device)
@@ -279,7 +291,7 @@ def injection_step_count(steps: int, fraction: float) -> int:
     _positive_int(steps, "steps")
     f = float(fraction)
     if not (0.0 <= f <= 1.0) or math.isnan(f):
-        raise TokenFlowError(f"injection fraction must lie in [0, 1], got {fraction}")
+        raise STEMError(f"injection fraction must lie in [0, 1], got {fraction}")
     return min(steps, int(math.floor(steps * f + 1e-9)))
 
 
@@ -332,7 +344,7 @@ class TokenFlowHooks:
     rows) and all groups' attention outputs [groups, K, L, D]: linear in the keyframe count K.
     """
 
-    def __init__(self, sites: Sequence = SD_ATTN1_SITES, qk_sites: Sequence = QK_INJECTION_SITES,
+    def __init__(self, sites: Sequence = SD15_KEYS, qk_sites: Sequence = TOKENFLOW_QK_SITES,
                  query_frame_chunk: int = KEYFRAME_QUERY_CHUNK, nn_block: int = NN_QUERY_BLOCK):
         self.sites = tuple(tuple(s) for s in sites)
         self.qk_sites = frozenset(tuple(s) for s in qk_sites)
@@ -360,7 +372,7 @@ class TokenFlowHooks:
     # -- driver API --------------------------------------------------------------------------------
     def start(self, groups: int):
         if groups not in (2, 3):
-            raise TokenFlowError(f"groups must be 2 (source, cond) or 3 (source, uncond, cond), got {groups}")
+            raise STEMError(f"groups must be 2 (source, cond) or 3 (source, uncond, cond), got {groups}")
         self.groups = groups
         self.active = True
         self.peak_store_bytes = 0
@@ -380,7 +392,7 @@ class TokenFlowHooks:
     def begin_propagation(self, first, second, weight):
         """first, second: keyframe slots [n]; weight [n] for the frames of the next UNet call."""
         if not self._kf_out:
-            raise TokenFlowError("propagation needs a keyframe pass first")
+            raise STEMError("propagation needs a keyframe pass first")
         self.phase = "propagation"
         self._plan = (torch.as_tensor(first, dtype=torch.long), torch.as_tensor(second, dtype=torch.long),
                       torch.as_tensor(weight, dtype=torch.float64))
@@ -399,15 +411,10 @@ class TokenFlowHooks:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     # -- hooks ---------------------------------------------------------------------------------------
-    @staticmethod
-    def site_of(extra_options):
-        block = extra_options.get("block")
-        return None if block is None else (block[0], int(block[1]))
-
     def __call__(self, n, context, value, extra_options):
         """attn1 pre-projection patch: remember this layer's input features."""
         if self.active:
-            self._captured = (self.site_of(extra_options), extra_options.get("block_index", 0), n)
+            self._captured = (site_of(extra_options), extra_options.get("block_index", 0), n)
         return n, context, value
 
     def replace(self, site) -> "_SiteReplace":
@@ -418,14 +425,14 @@ class TokenFlowHooks:
 
     def _frames(self, batch: int) -> int:
         if batch % self.groups:
-            raise TokenFlowError(f"batch {batch} is not {self.groups} groups of frames; TokenFlow hooks must see "
+            raise STEMError(f"batch {batch} is not {self.groups} groups of frames; TokenFlow hooks must see "
                                  f"[source | uncond | cond] in one call")
         return batch // self.groups
 
     def _source_features(self, site, n_frames):
         cap = self._captured
         if cap is None or cap[0] != site:
-            raise TokenFlowError(f"no attention input recorded for layer {site}; the TokenFlow attn1 patch must "
+            raise STEMError(f"no attention input recorded for layer {site}; the TokenFlow attn1 patch must "
                                  f"run before the attention replacement of the same layer")
         self._captured = None
         return cap[2][:n_frames]
@@ -458,10 +465,10 @@ class TokenFlowHooks:
 
     def _propagate(self, site, q, n, dv):
         if site not in self._kf_out:
-            raise TokenFlowError(f"layer {site} has no keyframe output in this step")
+            raise STEMError(f"layer {site} has no keyframe output in this step")
         first, second, weight = self._plan
         if first.numel() != n:
-            raise TokenFlowError(f"propagation plan covers {first.numel()} frames but the UNet call has {n}")
+            raise STEMError(f"propagation plan covers {first.numel()} frames but the UNet call has {n}")
         feats = self._source_features(site, n)
         keys = self._kf_keys[site]
         idx_first = nearest_neighbors(feats, keys, first, self.nn_block, keys_normalized=True)
@@ -512,9 +519,108 @@ class ResidualInjection(nn.Sequential):
             return h
         g = hooks.groups
         if h.shape[0] % g:
-            raise TokenFlowError(f"residual injection: batch {h.shape[0]} is not {g} groups of frames")
+            raise STEMError(f"residual injection: batch {h.shape[0]} is not {g} groups of frames")
         n = h.shape[0] // g
         h = h.clone()
         for grp in range(1, g):
             h[grp * n:(grp + 1) * n] = h[:n]
         return h
+
+
+# ----------------------------------------------------------------------------------------------------
+# the editing loop
+
+
+@dataclass(frozen=True)
+class TokenFlowSettings:
+    """cfg 7.5, pnp_f_t 0.8, pnp_attn_t 0.5, chunk_size 8: TokenFlow's defaults; seed draws the keyframes."""
+    cfg: float = 7.5
+    pnp_f_t: float = 0.8
+    pnp_attn_t: float = 0.5
+    chunk_size: int = 8
+    seed: int = 0
+    blend: str = "paper"
+
+    def validated(self) -> "TokenFlowSettings":
+        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
+            raise STEMError(f"must be an integer >= 1 (one keyframe per chunk), got {self.chunk_size!r}",
+                            input_name="chunk_size", fix="TokenFlow uses 8")
+        if self.blend not in BLEND_MODES:
+            raise STEMError(f"must be one of {BLEND_MODES}, got {self.blend!r}", input_name="blend")
+        for name in ("pnp_f_t", "pnp_attn_t"):
+            value = float(getattr(self, name))
+            if not 0.0 <= value <= 1.0:
+                raise STEMError(f"is a fraction of the steps and must lie in [0, 1], got {value}", input_name=name)
+        if not (math.isfinite(float(self.cfg)) and self.cfg >= 0):
+            raise STEMError(f"must be a finite number >= 0, got {self.cfg}", input_name="cfg")
+        return self
+
+    @property
+    def groups(self) -> int:
+        """Batch groups of every UNet call: [source | cond] at cfg 1, else [source | uncond | cond]."""
+        return 2 if self.cfg == 1.0 else 3
+
+
+def edit_video(apply, trajectory: InversionTrajectory, settings: TokenFlowSettings, embeddings, hooks: TokenFlowHooks,
+               device, on_step=None, check_interrupt=None, stats: Optional[dict] = None) -> torch.Tensor:
+    """TokenFlow editing from an inversion trajectory -> the edited latent in sampler space [frames, 4, h, w].
+
+    apply(batch [B, 4, h, w], sigma, text [B, tokens, C], cond_or_uncond) -> denoised: the UNet with
+    ``hooks`` installed (the glue provides it); embeddings: the text embeddings [1, tokens, C] of
+    [source, negative, positive] (negative left out at cfg 1), already of one length and on ``device``.
+    Every step: the keyframes through the UNet together, then the other frames in passes of chunk_size
+    (propagated from the keyframes), then one DDIM step of the whole video.
+    """
+    frames, steps, groups = trajectory.frames, trajectory.steps, settings.groups
+    schedule = InjectionSchedule(steps, settings.pnp_f_t, settings.pnp_attn_t)
+    keyframes = keyframe_schedule(frames, settings.chunk_size, steps, settings.seed)
+    cond_or_uncond = [0, 1, 0] if groups == 3 else [0, 0]
+    sigmas = trajectory.sampling_sigmas.to(torch.float32)
+
+    def denoise(frame_idx, x, source, sigma):
+        n = len(frame_idx)
+        idx = torch.as_tensor(frame_idx, dtype=torch.long, device=device)
+        xs = x.index_select(0, idx)
+        batch = torch.cat([source.index_select(0, idx)] + [xs] * (groups - 1), dim=0)
+        text = torch.cat([e.expand(n, -1, -1) for e in embeddings], dim=0)
+        d = apply(batch, sigma, text, cond_or_uncond)
+        if groups == 2:
+            return d[n:]
+        d_uncond, d_cond = d[n:2 * n], d[2 * n:]
+        return d_uncond + settings.cfg * (d_cond - d_uncond)
+
+    x = trajectory.latents[-1].to(device, torch.float32)
+    hooks.start(groups)
+    try:
+        for i in range(steps):
+            if check_interrupt is not None:
+                check_interrupt()
+            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+            source = trajectory.latent_at_sampling_step(i).to(device, torch.float32)
+            kf = keyframes[i].tolist()
+            plan = blend_plan(frames, kf, settings.chunk_size, settings.blend)
+            hooks.begin_step(schedule.residual(i), schedule.qk(i))
+            denoised = torch.empty_like(x)
+            hooks.begin_keyframes()
+            d_kf = denoise(kf, x, source, sigma)
+            copied = [f for f in range(frames) if plan.is_copy_of_keyframe(f)]
+            for f in copied:
+                denoised[f] = d_kf[kf.index(f)]
+            rest = [f for f in range(frames) if f not in set(copied)]
+            for s in range(0, len(rest), settings.chunk_size):
+                if check_interrupt is not None:
+                    check_interrupt()
+                part = rest[s:s + settings.chunk_size]
+                sel = torch.as_tensor(part, dtype=torch.long)
+                hooks.begin_propagation(plan.first[sel], plan.second[sel], plan.weight[sel])
+                denoised[torch.as_tensor(part, device=device)] = denoise(part, x, source, sigma)
+            x = ddim_step(x, denoised, sigma, sigma_next)
+            if stats is not None:
+                stats["peak_store_bytes"] = max(stats.get("peak_store_bytes", 0), hooks.peak_store_bytes)
+            if on_step is not None:
+                on_step(i, steps)
+    finally:
+        if stats is not None:
+            stats.update(calls=dict(hooks.calls), keyframes=keyframes.tolist())
+        hooks.finish()
+    return x

@@ -50,6 +50,8 @@ import cv2
 import numpy as np
 import torch
 
+from .errors import VideoLoadError
+
 try:  # PyAV is optional: exact frame rates and audio
     import av  # type: ignore
 except Exception:  # pragma: no cover - exercised only without PyAV
@@ -57,7 +59,7 @@ except Exception:  # pragma: no cover - exercised only without PyAV
 
 __all__ = [
     "VideoLoadError", "VideoClip", "load_video", "load_audio", "target_size", "resolve_in_input_dir",
-    "list_inputs", "content_hash", "VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "DEFAULT_FOLDER_FPS",
+    "list_inputs", "content_hash", "write_video", "VIDEO_FORMATS", "VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "DEFAULT_FOLDER_FPS",
     "DEFAULT_MAX_FRAMES", "MAX_SIDE", "SIZE_MODES",
 ]
 
@@ -69,10 +71,6 @@ MAX_SIDE = 16384  # largest accepted output side in pixels
 SIZE_MODES = ("resize", "crop")
 
 OnFrame = Callable[[int, int], None]  # (source frames read so far, expected number to read)
-
-
-class VideoLoadError(ValueError):
-    """Bad input to the video loader; the message names the input and the fix."""
 
 
 @dataclass
@@ -667,3 +665,110 @@ def content_hash(path: Union[str, os.PathLike]) -> str:
     else:
         raise VideoLoadError(f"video '{path}' not found; cannot hash it")
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- writing
+
+VIDEO_FORMATS = ("mp4", "webp", "gif")
+
+
+def _frames_uint8(frames) -> np.ndarray:
+    """IMAGE [N, H, W, 3+] float 0..1 (torch or numpy) or uint8 -> uint8 RGB [N, H, W, 3]."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu()
+        if frames.dtype != torch.uint8:
+            frames = (frames[..., :3].float().clamp(0, 1) * 255).round().to(torch.uint8)
+        return np.ascontiguousarray(frames[..., :3].numpy())
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        frames = (np.clip(frames[..., :3].astype(np.float32), 0, 1) * 255).round().astype(np.uint8)
+    return np.ascontiguousarray(frames[..., :3])
+
+
+def write_video(frames, path: Union[str, os.PathLike], fps: float, *, format: str = "mp4", crf: int = 19,
+                audio: Optional[dict] = None, metadata: Optional[Dict[str, str]] = None,
+                on_frame: Optional[Callable[[], None]] = None) -> str:
+    """Write IMAGE frames [N, H, W, 3] (0..1 floats or uint8) as a video the browser plays.
+
+    format "mp4": H.264 (libx264, yuv420p, ``crf`` 0-51, odd sides padded by one edge pixel) with the optional
+    AUDIO ({"waveform" [1, C, T], "sample_rate"}) as AAC trimmed to the frames' duration, and ``metadata``
+    (e.g. {"comment": workflow JSON}) in the container. "webp" / "gif": animated images (Pillow), looping,
+    with ``metadata`` in the WEBP's EXIF as ComfyUI's own SaveAnimatedWEBP stores prompt and workflow.
+    on_frame() is called after each encoded frame (progress / Cancel). Returns the path.
+    """
+    if format not in VIDEO_FORMATS:
+        raise VideoLoadError(f"format must be one of {VIDEO_FORMATS}, got {format!r}")
+    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise VideoLoadError(f"fps must be a number > 0, got {fps!r}")
+    rgb = _frames_uint8(frames)
+    if rgb.ndim != 4 or rgb.shape[0] < 1:
+        raise VideoLoadError(f"frames must be [N, H, W, 3] with N >= 1, got shape {tuple(rgb.shape)}")
+    path = str(path)
+    if format == "mp4":
+        _write_mp4(rgb, path, fps, crf, audio, metadata or {}, on_frame)
+    else:
+        _write_animation(rgb, path, fps, format, metadata or {}, on_frame)
+    return path
+
+
+def _write_mp4(rgb, path, fps, crf, audio, metadata, on_frame):
+    if av is None:
+        raise VideoLoadError("writing mp4 needs PyAV (pip install av)")
+    n, h, w, _ = rgb.shape
+    pad_h, pad_w = h % 2, w % 2  # yuv420p needs even sides
+    rate = Fraction(fps).limit_denominator(100000)
+    with av.open(path, mode="w") as container:
+        for key, value in metadata.items():
+            container.metadata[key] = str(value)
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w + pad_w, h + pad_h, "yuv420p"
+        stream.options = {"crf": str(int(crf))}
+        audio_stream = None
+        if audio is not None:
+            wave = audio["waveform"][0].detach().cpu().float().numpy()  # [C, T]
+            sample_rate = int(audio["sample_rate"])
+            wave = wave[:, : int(round(n / float(rate) * sample_rate))]
+            if wave.shape[1] > 0:
+                audio_stream = container.add_stream("aac", rate=sample_rate)
+                audio_stream.layout = "stereo" if wave.shape[0] > 1 else "mono"
+        for frame in rgb:
+            if pad_h or pad_w:
+                frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+            if on_frame:
+                on_frame()
+        for packet in stream.encode():
+            container.mux(packet)
+        if audio_stream is not None:
+            channels = 2 if wave.shape[0] > 1 else 1
+            planar = np.ascontiguousarray(wave[:channels].astype(np.float32))
+            chunk = 1024
+            for start in range(0, planar.shape[1], chunk):
+                block = av.AudioFrame.from_ndarray(planar[:, start:start + chunk], format="fltp",
+                                                   layout=audio_stream.layout.name)
+                block.sample_rate = audio_stream.rate
+                for packet in audio_stream.encode(block):
+                    container.mux(packet)
+            for packet in audio_stream.encode():
+                container.mux(packet)
+
+
+def _write_animation(rgb, path, fps, format, metadata, on_frame):
+    from PIL import Image
+
+    images = []
+    for frame in rgb:
+        images.append(Image.fromarray(frame))
+        if on_frame:
+            on_frame()
+    duration = max(1, int(round(1000.0 / fps)))
+    kwargs = {"save_all": True, "append_images": images[1:], "duration": duration, "loop": 0}
+    if format == "webp":
+        exif = Image.Exif()
+        for i, (key, value) in enumerate(metadata.items()):
+            # ComfyUI's SaveAnimatedWEBP: 0x010f (Make) "workflow:{json}", 0x0110 (Model) "prompt:{json}"
+            exif[0x010F - i] = f"{key}:{value}"
+        images[0].save(path, format="WEBP", lossless=False, quality=90, exif=exif, **kwargs)
+    else:
+        images[0].save(path, format="GIF", optimize=False, **kwargs)

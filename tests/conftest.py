@@ -1,5 +1,7 @@
-"""Shared test settings: where the shared clips and the ComfyUI host live."""
+"""Shared test settings: where the shared clips and the ComfyUI host live, and the one way tests import
+the pack (``comfyui_stem``, through scripts/comfy_host.import_pack) and the scripts' libraries."""
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VIDEOS = (REPO.parent / "shared" / "data" / "videos").resolve()
 COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR", REPO / ".host" / "ComfyUI")).resolve()
+
+sys.path.insert(0, str(REPO / "scripts"))  # comfy_client, comfy_host, workflow_format, demo_clip
+import comfy_host  # noqa: E402
+
+comfy_host.import_pack()
 
 
 @pytest.fixture(scope="session")

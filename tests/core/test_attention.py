@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from stem_core.attention import (
+from comfyui_stem.stem_core.attention import (
     all_frame_attention,
     attention,
     attention_with_probs,
     stem_attention,
     two_frame_context,
 )
-from stem_core.em import estimate_bases
+from comfyui_stem.stem_core.em import estimate_bases
 
 HEADS = 2
 

@@ -5,15 +5,8 @@ import math
 import pytest
 import torch
 
-from stem_core.ddim import (
-    GaussianDataDenoiser,
-    ddim_invert,
-    ddim_sample,
-    ddim_step,
-    ddim_uniform_sigmas,
-    inversion_sigmas,
-    scaled_linear_sigmas,
-)
+from comfyui_stem.stem_core.inversion import ddim_invert, ddim_sample, ddim_step, inversion_sigmas
+from tests.core.oracles import GaussianDataDenoiser, ddim_uniform_sigmas, scaled_linear_sigmas
 
 MEAN, STD = 0.3, 0.5
 

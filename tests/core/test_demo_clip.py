@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stem_core.demo_clip import demo_frames, make_demo_clip
+from demo_clip import demo_frames, make_demo_clip
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +63,7 @@ def test_invalid_arguments():
 
 def test_cli(tmp_path):
     out = tmp_path / "cli.mp4"
-    r = subprocess.run([sys.executable, "-m", "stem_core.demo_clip", str(out), "--frames", "5", "--size", "64"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_clip.py"), str(out), "--frames", "5", "--size",
+                        "64"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert read_all(out).shape == (5, 64, 64, 3)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stem_core import em
-from stem_core.em import EMResult, EMSettingsError, e_step, estimate_bases, m_step, released_variant_bases
+from comfyui_stem.stem_core import em
+from comfyui_stem.stem_core.em import EMResult, STEMError, e_step, estimate_bases, m_step, released_variant_bases
 
 
 def random_features(groups=2, tokens=300, channels=16, seed=0, scale=1.0, dtype=torch.float32):
@@ -226,7 +226,7 @@ def test_bad_settings_raise(kwargs, pattern):
     x = random_features(groups=2, tokens=40, channels=4)
     settings = dict(num_bases=8, iterations=2, tau=0.05)
     settings.update(kwargs)
-    with pytest.raises(EMSettingsError, match=pattern):
+    with pytest.raises(STEMError, match=pattern):
         estimate_bases(x, **settings)
 
 
@@ -234,14 +234,14 @@ def test_bad_settings_raise(kwargs, pattern):
 def test_non_finite_features_raise(bad):
     x = random_features(groups=1, tokens=40, channels=4)
     x[0, 7, 2] = bad
-    with pytest.raises(EMSettingsError, match="NaN/Inf"):
+    with pytest.raises(STEMError, match="NaN/Inf"):
         estimate_bases(x, num_bases=4)
 
 
 def test_features_must_be_3d():
-    with pytest.raises(EMSettingsError, match=r"\[G, M, C\]"):
+    with pytest.raises(STEMError, match=r"\[G, M, C\]"):
         estimate_bases(torch.randn(40, 4), num_bases=4)
-    assert issubclass(EMSettingsError, ValueError)
+    assert issubclass(STEMError, ValueError)
 
 
 def test_init_bases_overrides_init():
@@ -339,7 +339,7 @@ def test_released_variant_half_precision_and_errors():
     k_bases, v_bases = released_variant_bases(k, v, num_bases=32)
     assert k_bases.dtype == torch.float16 and v_bases.dtype == torch.float16
     assert bool(torch.isfinite(k_bases).all()) and bool(torch.isfinite(v_bases).all())
-    with pytest.raises(EMSettingsError, match="iterations"):
+    with pytest.raises(STEMError, match="iterations"):
         released_variant_bases(k, v, num_bases=8, iterations=0)
-    with pytest.raises(EMSettingsError, match="v must have"):
+    with pytest.raises(STEMError, match="v must have"):
         released_variant_bases(k, v[:, :100], num_bases=8)

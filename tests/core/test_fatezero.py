@@ -6,9 +6,11 @@ import os
 import pytest
 import torch
 
-from stem_core import attention as attn
-from stem_core import fatezero as fz
-from stem_core.em import estimate_bases
+from comfyui_stem.stem_core import attention as attn
+from comfyui_stem.stem_core import fatezero as fz
+from comfyui_stem.stem_core.em import estimate_bases
+from comfyui_stem.stem_core.errors import STEMError
+from comfyui_stem.stem_core.sites import LAYER_GROUPS, parse_layers
 
 
 # ---------------------------------------------------------------------------------------------- windows
@@ -23,16 +25,16 @@ def test_step_windows_follow_the_paper_convention():
     assert fz.store_step(0, 50) == 49 and fz.store_step(49, 50) == 0
     active = [j for j in range(50) if fz.latent_blend_active(j, 50)]
     assert active[0] == 10 and active[-1] == 38  # FateZero: 10 < j + 1 < 40
-    with pytest.raises(fz.FateZeroError):
+    with pytest.raises(STEMError):
         fz.fused_steps(1.5, 10)
 
 
 def test_store_layers():
-    assert fz.parse_store_layers("fatezero") == fz.FATEZERO_SITES
-    assert len(fz.parse_store_layers("all")) == 16
-    assert fz.parse_store_layers("output_3, input_7") == (("input", 7), ("output", 3))
-    with pytest.raises(fz.FateZeroError, match="fatezero"):
-        fz.parse_store_layers("nope")
+    assert parse_layers("fatezero") == LAYER_GROUPS["fatezero"] and len(LAYER_GROUPS["fatezero"]) == 11
+    assert len(parse_layers("all")) == 16
+    assert parse_layers("output_3, input_7") == (("input", 7), ("output", 3))
+    with pytest.raises(STEMError, match="fatezero"):
+        parse_layers("nope")
 
 
 # ---------------------------------------------------------------------------------------------- store
@@ -48,7 +50,7 @@ def test_store_roundtrip_size_and_free(tmp_path, spill):
     assert store.nbytes("self") == 3 * 8 * 16 * 4 * 2
     assert torch.allclose(store.get(1, "cross", ("input", 7)), a * 0.5, atol=1e-3)
     assert store.sites("cross") == (("input", 7),)
-    assert store.complete() == ["self:input_7"]  # step 1 of the self map is missing
+    assert store.missing_entries() == ["self:input_7"]  # step 1 of the self map is missing
     folder = store.folder
     if spill:
         assert len(os.listdir(folder)) == 3
@@ -56,7 +58,7 @@ def test_store_roundtrip_size_and_free(tmp_path, spill):
     assert store.freed
     if spill:
         assert not os.path.exists(folder)
-    with pytest.raises(fz.FateZeroError, match="freed"):
+    with pytest.raises(STEMError, match="freed"):
         store.get(0, "cross", ("input", 7))
 
 
@@ -98,7 +100,7 @@ def test_find_word_and_parsers():
     assert fz.parse_words("red car, hat ,") == ["red car", "hat"]
     assert fz.parse_reweight("red:2, big hat:0.5") == [("red", 2.0), ("big hat", 0.5)]
     for bad in ("red", "red:x", "red:-1", ":2"):
-        with pytest.raises(fz.FateZeroError):
+        with pytest.raises(STEMError):
             fz.parse_reweight(bad)
     eq = fz.equalizer({3: 2.0})
     assert eq.shape == (77,) and eq[3] == 2 and eq.sum() == 78
@@ -128,7 +130,7 @@ def test_fuse_self_mask():
     out = fz.fuse_self(p_src, p_tgt, mask)
     assert torch.equal(out[0, :, 0], p_tgt[0, :, 0]) and torch.equal(out[0, :, 1], p_src[0, :, 1])
     assert torch.equal(out[1], p_src[1])
-    with pytest.raises(fz.FateZeroError):
+    with pytest.raises(STEMError):
         fz.fuse_self(p_src, p_tgt[..., :4])
 
 
@@ -152,7 +154,7 @@ def test_layer_hw():
     assert fz.layer_hw(64 * 48, (64, 48)) == (64, 48)
     assert fz.layer_hw(16 * 12, (64, 48)) == (16, 12)
     assert fz.layer_hw(4, (5, 5)) == (2, 2)  # odd latents round up like the UNet
-    with pytest.raises(fz.FateZeroError):
+    with pytest.raises(STEMError):
         fz.layer_hw(7, (8, 8))
 
 
@@ -182,7 +184,7 @@ def test_record_then_fuse_with_identical_inputs_is_identity():
     site = ("input", 7)
     inv_sigmas = torch.tensor([0.03, 1.0, 5.0, 14.0])      # steps = 3; the model sees the first 3
     samp_sigmas = torch.tensor([14.0, 5.0, 1.0, 0.0])
-    rec = fz.AttentionRecorder([site], {site: "two_frame"})
+    rec = fz.AttentionStoreWriter([site], {site: "two_frame"})
     rec.begin_inversion(frames, inv_sigmas)
     q, k, v = (torch.randn(frames, tokens, heads * d) for _ in range(3))
     ctx_k = torch.randn(frames, 77, heads * d)
@@ -217,7 +219,7 @@ def test_stem_responsibilities_are_recorded_and_reused():
     torch.manual_seed(0)
     frames, tokens, c, kb = 2, 8, 6, 4
     site = ("output", 3)
-    rec = fz.AttentionRecorder([site], {site: "stem"}, tau=0.05)
+    rec = fz.AttentionStoreWriter([site], {site: "stem"}, tau=0.05)
     rec.begin_inversion(frames, torch.tensor([0.03, 2.0]))
     n = torch.randn(frames, tokens, c)
     mu = estimate_bases(n.reshape(1, -1, c), kb, 3, 0.05).bases

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from stem_core.metrics import (
+from comfyui_stem.stem_core.metrics import (
     PSNR_CAP_DB,
     format_report,
     frame_difference_per_frame,

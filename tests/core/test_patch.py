@@ -3,9 +3,10 @@ warm-start run boundaries and replayed bases."""
 import pytest
 import torch
 
-from stem_core import attention as attn
-from stem_core.patch import (SD15_ATTN1_SITES, PatchError, STEMSettings, VideoAttentionPatch, install_plan,
-                             parse_layers)
+from comfyui_stem.stem_core import attention as attn
+from comfyui_stem.stem_core.attention import VideoAttentionPatch, VideoAttentionSettings, install_plan
+from comfyui_stem.stem_core.errors import STEMError
+from comfyui_stem.stem_core.sites import SD15_KEYS, parse_layers
 
 HEADS = 2
 
@@ -18,18 +19,18 @@ def opts(site=("input", 1), groups=1, frames=None, sigma=1.0):
 
 
 def test_parse_layers_groups_and_names():
-    assert parse_layers("all") == SD15_ATTN1_SITES
+    assert parse_layers("all") == SD15_KEYS
     assert len(parse_layers("decoder")) == 9 and len(parse_layers("encoder")) == 6
     assert parse_layers("output_11, input_1") == (("input", 1), ("output", 11))
-    with pytest.raises(PatchError, match="unknown layer 'output_2'"):
+    with pytest.raises(STEMError, match="unknown layer 'output_2'"):
         parse_layers("output_2")
 
 
 def test_settings_validation_names_the_input():
     for bad, word in [({"num_bases": 0}, "num_bases"), ({"iterations": -1}, "iterations"),
-                      ({"tau": float("nan")}, "tau"), ({"context": "x"}, "context")]:
-        with pytest.raises(PatchError, match=word):
-            STEMSettings(**bad).validated()
+                      ({"tau": float("nan")}, "tau"), ({"mode": "x"}, "attention_context")]:
+        with pytest.raises(STEMError, match=word):
+            VideoAttentionSettings(**bad).validated()
 
 
 def test_mu_equal_x_reproduces_all_frame_attention():
@@ -37,7 +38,7 @@ def test_mu_equal_x_reproduces_all_frame_attention():
     torch.manual_seed(0)
     frames, tokens, c = 3, 5, 8
     n = torch.randn(frames, tokens, c, dtype=torch.float64)
-    patch = VideoAttentionPatch(STEMSettings(num_bases=frames * tokens, iterations=0))
+    patch = VideoAttentionPatch(VideoAttentionSettings(num_bases=frames * tokens, iterations=0))
     _, mu, _ = patch(n, n, n, opts(frames=frames))
     wq, wk, wv = (torch.randn(c, c, dtype=torch.float64) for _ in range(3))
     stem = attn.attention(n @ wq, mu @ wk, mu @ wv, HEADS)
@@ -49,23 +50,23 @@ def test_groups_get_their_own_bases_and_partial_videos_are_refused():
     frames, tokens, c = 2, 6, 4
     cond = torch.randn(frames, tokens, c)
     n = torch.cat([cond, cond + 100.0])  # uncond group far away from the cond group
-    patch = VideoAttentionPatch(STEMSettings(num_bases=3, iterations=2))
+    patch = VideoAttentionPatch(VideoAttentionSettings(num_bases=3, iterations=2))
     _, mu, _ = patch(n, n, n, opts(groups=2, frames=frames))
     assert mu.shape == (2 * frames, 3, c)
     assert mu[:frames].max() < 50 and mu[frames:].min() > 50
     one = cond[:1]
-    with pytest.raises(PatchError, match="saw 1 frames in one call but the video has 2"):
+    with pytest.raises(STEMError, match="saw 1 frames in one call but the video has 2"):
         patch(one, one, one, opts(frames=frames))
 
 
 def test_unselected_layers_are_untouched():
     n = torch.randn(2, 4, 4)
-    patch = VideoAttentionPatch(STEMSettings(num_bases=2, layers=parse_layers("decoder")))
+    patch = VideoAttentionPatch(VideoAttentionSettings(num_bases=2, layers=parse_layers("decoder")))
     assert patch(n, n, n, opts(site=("input", 1)))[1] is n
 
 
 def test_warm_start_only_within_one_monotone_run():
-    patch = VideoAttentionPatch(STEMSettings(num_bases=2, warm_start=True))
+    patch = VideoAttentionPatch(VideoAttentionSettings(num_bases=2, warm_start=True))
     key, bases = ("k",), torch.zeros(1, 2, 3)
     patch._remember(key, 1.0, bases)
     assert torch.equal(patch._warm_bases(key, 2.0), bases)  # second call fixes the direction (ascending)
@@ -76,7 +77,7 @@ def test_warm_start_only_within_one_monotone_run():
 
 
 def test_replay_uses_the_nearest_recorded_sigma():
-    patch = VideoAttentionPatch(STEMSettings(num_bases=2))
+    patch = VideoAttentionPatch(VideoAttentionSettings(num_bases=2))
     site = ("input", 1)
     table = [(s, {site: torch.full((1, 2, 4), s)}) for s in (0.1, 1.0, 10.0)]
     patch.set_replay(table)
@@ -89,7 +90,7 @@ def test_replay_uses_the_nearest_recorded_sigma():
 
 def test_deepcopy_gives_fresh_state_and_replaces_follow_the_copy():
     import copy
-    patch, replaces = install_plan(STEMSettings(context="two_frame"))
+    patch, replaces = install_plan(VideoAttentionSettings(mode="two_frame"))
     patch.state.warm["x"] = (1.0, 0, torch.zeros(1))
     options = {"patch": patch, "replaces": replaces}
     clone = copy.deepcopy(options)

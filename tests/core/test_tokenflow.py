@@ -4,10 +4,12 @@ import math
 import pytest
 import torch
 
-from stem_core.attention import all_frame_attention, attention
-from stem_core.tokenflow import (QK_INJECTION_SITES, SD_ATTN1_SITES, InjectionSchedule, ResidualInjection,
-                                 TokenFlowError, TokenFlowHooks, blend_plan, chunk_count, injection_step_count,
-                                 keyframe_schedule, nearest_neighbors, propagate, select_keyframes)
+from comfyui_stem.stem_core.attention import all_frame_attention, attention
+from comfyui_stem.stem_core.errors import STEMError
+from comfyui_stem.stem_core.sites import SD15_KEYS, TOKENFLOW_QK_SITES
+from comfyui_stem.stem_core.tokenflow import (InjectionSchedule, ResidualInjection, TokenFlowHooks, blend_plan,
+                                              chunk_count, injection_step_count, keyframe_schedule, nearest_neighbors,
+                                              propagate, select_keyframes)
 
 
 def randn(*shape, seed=0, dtype=torch.float64):
@@ -50,9 +52,9 @@ def test_keyframes_deterministic_under_seed():
 
 
 def test_keyframe_bad_arguments():
-    with pytest.raises(TokenFlowError, match="chunk_size"):
+    with pytest.raises(STEMError, match="chunk_size"):
         select_keyframes(8, 0)
-    with pytest.raises(TokenFlowError, match="frames"):
+    with pytest.raises(STEMError, match="frames"):
         select_keyframes(0, 8)
 
 
@@ -100,11 +102,11 @@ def test_released_blend_weights_match_formula():
 
 
 def test_blend_plan_rejects_bad_keyframes():
-    with pytest.raises(TokenFlowError, match="expected 2 keyframes"):
+    with pytest.raises(STEMError, match="expected 2 keyframes"):
         blend_plan(16, [3], 8)
-    with pytest.raises(TokenFlowError, match="outside"):
+    with pytest.raises(STEMError, match="outside"):
         blend_plan(16, [3, 5], 8)
-    with pytest.raises(TokenFlowError, match="blend mode"):
+    with pytest.raises(STEMError, match="blend mode"):
         blend_plan(16, [3, 9], 8, "nearest")
 
 
@@ -184,13 +186,13 @@ def test_injection_schedule_counts_like_tokenflow():
     s = InjectionSchedule(10, 0.8, 0.5)
     assert [s.residual(i) for i in range(10)] == [True] * 8 + [False] * 2
     assert [s.qk(i) for i in range(10)] == [True] * 5 + [False] * 5
-    with pytest.raises(TokenFlowError):
+    with pytest.raises(STEMError):
         injection_step_count(10, 1.5)
 
 
 def test_site_lists():
-    assert len(SD_ATTN1_SITES) == 16
-    assert QK_INJECTION_SITES == tuple(("output", i) for i in range(4, 12))
+    assert len(SD15_KEYS) == 16
+    assert TOKENFLOW_QK_SITES == tuple(("output", i) for i in range(4, 12))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from stem_core import video_io
-from stem_core.video_io import (VideoLoadError, content_hash, list_inputs, load_video, resolve_in_input_dir,
+from comfyui_stem.stem_core import video_io
+from comfyui_stem.stem_core.video_io import (VideoLoadError, content_hash, list_inputs, load_video, resolve_in_input_dir,
                                 target_size)
 
 

@@ -8,7 +8,6 @@ import pytest
 
 from tests.conftest import COMFYUI_DIR, REPO
 
-sys.path.insert(0, str(REPO / "scripts"))
 import comfy_client as cc  # noqa: E402
 import comfy_host  # noqa: E402
 

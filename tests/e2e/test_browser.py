@@ -25,7 +25,6 @@ from tests.conftest import REPO
 from tests.e2e.conftest import load_api
 from tests.e2e.test_reconstruction_server import small
 
-sys.path.insert(0, str(REPO / "scripts"))
 import comfy_client as cc  # noqa: E402
 import comfy_host  # noqa: E402
 from workflow_format import input_specs  # noqa: E402

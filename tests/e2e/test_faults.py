@@ -15,7 +15,6 @@ import pytest
 from tests.conftest import COMFYUI_DIR, REPO
 from tests.e2e.test_reconstruction_server import small
 
-sys.path.insert(0, str(REPO / "scripts"))
 import comfy_client as cc  # noqa: E402
 
 API_FILES = sorted((REPO / "workflows" / "api").glob("*.json"))

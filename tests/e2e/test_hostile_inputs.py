@@ -17,7 +17,6 @@ from tests.doc_table import check_section
 from tests.e2e.conftest import load_api
 from tests.e2e.test_faults import lean
 
-sys.path.insert(0, str(REPO / "scripts"))
 import comfy_client as cc  # noqa: E402
 
 P = "stem_hostile_"

@@ -8,7 +8,6 @@ import pytest
 from tests.conftest import REPO
 from tests.e2e.conftest import load_api
 
-sys.path.insert(0, str(REPO / "scripts"))
 import comfy_client as cc  # noqa: E402
 
 OUR_NODES = {"STEMVideoLoad", "STEMBasisEstimate", "STEMInvert", "STEMReconstruct", "STEMVideoMetrics",

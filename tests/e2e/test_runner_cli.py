@@ -23,13 +23,13 @@ def cli(*args, timeout=900):
 @pytest.fixture(scope="module")
 def clip_on_disk(tmp_path_factory):
     """A clip outside ComfyUI's input folder (the runner uploads it)."""
-    from stem_core.demo_clip import make_demo_clip
+    from demo_clip import make_demo_clip
     return make_demo_clip(str(tmp_path_factory.mktemp("clips") / "my clip.mp4"), frames=6, size=96, fps=10, seed=3)
 
 
 @pytest.mark.parametrize("path", API_FILES, ids=[p.stem for p in API_FILES])
 def test_every_workflow_runs_from_the_command_line(server, clip_on_disk, tmp_path, path):
-    from stem_core.video_io import load_video
+    from comfyui_stem.stem_core.video_io import load_video
     res = cli(path, "--server", server.address, "--tiny-model", "--video", clip_on_disk, "--frames", 2,
               "--size", "64x64", "--steps", 2, "--out", tmp_path, "--quiet")
     assert res.returncode == 0, f"{path.name}: exit {res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"

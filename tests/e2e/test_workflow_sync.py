@@ -12,7 +12,6 @@ import pytest
 
 from tests.conftest import REPO
 
-sys.path.insert(0, str(REPO / "scripts"))
 import comfy_client as cc  # noqa: E402
 from workflow_format import input_specs, ui_to_api  # noqa: E402
 

@@ -7,7 +7,6 @@ import pytest
 
 from tests.conftest import COMFYUI_DIR, REPO
 
-sys.path.insert(0, str(REPO / "scripts"))
 import comfy_host as host_boot  # noqa: E402
 
 
@@ -16,13 +15,21 @@ def _boot_host():
         booted = host_boot.boot_in_process(COMFYUI_DIR)
     except host_boot.HostError as e:
         pytest.fail(str(e))
-    return dict(booted, pack_module=booted["pack"])
+    return booted
 
 
 @pytest.fixture(scope="session")
 def comfy_host():
     """dict with ComfyUI's `nodes` and `folder_paths` modules, the pack registered."""
     return _boot_host()
+
+
+@pytest.fixture(scope="session")
+def glue(comfy_host):
+    """glue("host") -> the pack's nodes/host.py module as ComfyUI loaded it (node modules exist only once
+    ComfyUI is booted)."""
+    import importlib
+    return lambda name: importlib.import_module(f"{comfy_host['pack'].__name__}.nodes.{name}")
 
 
 @pytest.fixture

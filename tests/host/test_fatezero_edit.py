@@ -2,18 +2,20 @@
 tiny model: word alignment with the real SD1 tokenizer, full fusion ~ reconstruction (STEM and
 FateZero's own two-frame inversion), blend mask, store size, bad inputs."""
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from comfyui_stem.stem_core import fatezero as fz
+from comfyui_stem.stem_core.errors import STEMError
+from comfyui_stem.stem_core.inversion import InversionTrajectory
+from comfyui_stem.stem_core.sites import BLEND_MASK_SITES
+
 FRAMES, SIZE, STEPS = 8, 64, 5
 SOURCE = "a wolf standing in the snow"
 
 
-def pack(comfy_host, module):
-    return sys.modules[f"{comfy_host['pack_module'].__name__}.{module}"]
 
 
 def load_clip(shared_videos, frames, size):
@@ -53,11 +55,10 @@ def edit(node, model, traj, clip, target=SOURCE, blend="", thr=0.3, cross=0.8, s
 
 # ---------------------------------------------------------------------------------------------- alignment
 
-def test_word_alignment_with_the_real_sd1_tokenizer(comfy_host, tiny):
-    fe = pack(comfy_host, "nodes.fatezero_edit")
-    fz = pack(comfy_host, "stem_core.fatezero")
+def test_word_alignment_with_the_real_sd1_tokenizer(comfy_host, tiny, glue):
+    host = glue("host")
     clip = tiny[1]
-    ids = lambda text: fe._tokenize_ids(clip, text, "prompt")  # noqa: E731
+    ids = lambda text: host.prompt_token_ids(clip, text, "prompt")  # noqa: E731
     src = ids("a cat sitting on the mat")
     assert len(src) == 6 and 49406 not in src and 49407 not in src
     # equal token counts: replace, position j -> j ("dog" takes the map of "cat")
@@ -116,7 +117,7 @@ def test_stem_full_fusion_reproduces_reconstruction(comfy_host, tiny, node, stem
     assert rel(out, rec) < 0.02
     assert rel(out, src) < 1.25 * rel(rec, src)
     assert mask.shape == (FRAMES, SIZE, SIZE) and bool((mask == 1).all())  # no blend words: everything editable
-    assert f"store {store.nbytes()} bytes" in info and "replace" in info
+    assert f"attention store: {store.nbytes()} bytes" in info and "replace" in info
 
 
 def test_stem_edit_with_blend_reweight_and_latent_blend(comfy_host, tiny, node, stem_run):
@@ -134,22 +135,20 @@ def test_stem_edit_with_blend_reweight_and_latent_blend(comfy_host, tiny, node, 
     assert before == after
     assert "attention_store" in traj.extras and not traj.extras["attention_store"].freed
     # the recorder of the STEMAttentionStore output holds nothing after the inversion
-    fz = pack(comfy_host, "stem_core.fatezero")
     recorders = [p for p in stem_run["recording"].model_options["transformer_options"]["patches"]["attn1_patch"]
-                 if isinstance(p, fz.AttentionRecorder)]
+                 if isinstance(p, fz.AttentionStoreWriter)]
     assert recorders and all(r.store is None for r in recorders)
 
 
-def test_blend_mask_from_stored_attention(comfy_host, tiny, stem_run):
+def test_blend_mask_from_stored_attention(comfy_host, tiny, stem_run, glue):
     """All zero with the threshold above the maximum (1 after per-frame normalisation), all one below the
     minimum of the normalised attention; shape [frames, H, W]."""
-    fz = pack(comfy_host, "stem_core.fatezero")
-    fe = pack(comfy_host, "nodes.fatezero_edit")
+    host = glue("host")
     clip, traj = tiny[1], stem_run["traj"]
     store = traj.extras["attention_store"]
-    src_ids = fe._tokenize_ids(clip, SOURCE, "source")
-    pos = fz.find_word(src_ids, fe._tokenize_ids(clip, "wolf", "w"))
-    maps = [store.get(fz.store_step(0, STEPS), "cross", s) for s in fz.BLEND_SITES]
+    src_ids = host.prompt_token_ids(clip, SOURCE, "source")
+    pos = fz.find_word(src_ids, host.prompt_token_ids(clip, "wolf", "w"))
+    maps = [store.get(fz.store_step(0, STEPS), "cross", s) for s in BLEND_MASK_SITES]
     words = fz.word_attention(maps, pos, traj.latent_size)
     norm = fz.normalised_blend_map(words, (SIZE, SIZE))
     assert fz.blend_mask(words, (SIZE, SIZE), 1.0).sum() == 0
@@ -166,31 +165,28 @@ def test_blend_mask_from_stored_attention(comfy_host, tiny, stem_run):
 
 
 def test_bad_inputs_give_clear_errors(comfy_host, tiny, node, stem_run):
-    fz = pack(comfy_host, "stem_core.fatezero")
-    tj = pack(comfy_host, "stem_core.trajectory")
     clip, traj, patched = tiny[1], stem_run["traj"], stem_run["patched"]
-    with pytest.raises(fz.FateZeroError, match="'tiger' is not in the source prompt"):
+    with pytest.raises(STEMError, match="'tiger' is not in the source prompt"):
         edit(node, patched, traj, clip, blend="tiger")
-    with pytest.raises(fz.FateZeroError, match="'zebra' is not in the target prompt"):
+    with pytest.raises(STEMError, match="'zebra' is not in the target prompt"):
         edit(node, patched, traj, clip, reweight="zebra:2")
-    with pytest.raises(tj.TrajectoryMismatch, match=f"set steps to {STEPS}"):
+    with pytest.raises(STEMError, match=f"set steps to {STEPS}"):
         edit(node, patched, traj, clip, steps=STEPS + 1)
-    bare = tj.InversionTrajectory(latents=list(traj.latents), inversion_sigmas=traj.inversion_sigmas,
-                                  sampling_sigmas=traj.sampling_sigmas, latent_scale=traj.latent_scale,
-                                  context=traj.context, settings=traj.settings,
-                                  source_conditioning=traj.source_conditioning)
-    with pytest.raises(fz.FateZeroError, match="no attention store: insert STEM Attention Store"):
+    bare = InversionTrajectory(latents=list(traj.latents), inversion_sigmas=traj.inversion_sigmas,
+                               sampling_sigmas=traj.sampling_sigmas, latent_scale=traj.latent_scale,
+                               mode=traj.mode, settings=traj.settings, source_conditioning=traj.source_conditioning)
+    with pytest.raises(STEMError, match="no attention store; insert STEM Attention Store"):
         edit(node, patched, bare, clip)
-    with pytest.raises(fz.FateZeroError, match="connect the trajectory output"):
+    with pytest.raises(STEMError, match="connect the trajectory output"):
         edit(node, patched, "nope", clip)
     # the editing model must use the same self-attention as the inversion
-    with pytest.raises(fz.FateZeroError, match="same STEM Basis Estimate model"):
+    with pytest.raises(STEMError, match="same STEM Video Attention model"):
         edit(node, stem_run["model"], traj, clip)
     released = node("STEMBasisEstimate").patch(stem_run["model"], "stem", 16, 2, 0.05, 0, "released", "all", True,
                                                 "tokens", 0)[0]
-    with pytest.raises(fz.FateZeroError, match="variant 'paper'"):
+    with pytest.raises(STEMError, match="variant 'paper'"):
         node("STEMAttentionStore").apply(released, "fatezero", "cpu")
-    with pytest.raises(fz.FateZeroError, match="unknown layer"):
+    with pytest.raises(STEMError, match="unknown layer"):
         node("STEMAttentionStore").apply(patched, "input_99", "cpu")
 
 
@@ -224,7 +220,7 @@ def test_two_frame_inversion_spilled_to_temp_folder(comfy_host, tiny, node, shar
     print("two_frame full fusion: edit vs rec", rel(out["samples"], rec))
     assert rel(out["samples"], rec) < 0.02
     assert store.freed and not os.path.exists(folder) and "store released" in info
-    with pytest.raises(pack(comfy_host, "stem_core.fatezero").FateZeroError, match="freed"):
+    with pytest.raises(STEMError, match="freed"):
         edit(node, patched, traj, clip)
 
 

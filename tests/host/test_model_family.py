@@ -65,8 +65,8 @@ def test_wrong_family_is_refused_with_its_name(node, tiny, wrong_family, node_id
         assert "v-prediction" in text
 
 
-def test_sd15_passes_the_check(comfy_host, tiny):
-    compat = __import__(f"{comfy_host['pack_module'].__name__}.nodes.compat", fromlist=["require_sd15"])
+def test_sd15_passes_the_check(glue, tiny):
+    host = glue("host")
     model, _, _ = tiny
-    compat.require_sd15(model, "STEM Invert")  # no error
-    assert "Stable Diffusion 1.x" in compat.model_family(model)
+    host.require_sd15(model, "STEM Invert")  # no error
+    assert "Stable Diffusion 1.x" in host.model_family(model)

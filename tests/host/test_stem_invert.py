@@ -1,22 +1,20 @@
 """STEMBasisEstimate + STEMInvert + STEMReconstruct inside the real (in-process) ComfyUI, on a real clip."""
-import sys
 
 import pytest
 import torch
+
+from comfyui_stem.stem_core.video_io import load_video
 
 STEM = dict(attention_context="stem", num_bases=16, iterations=2, tau=0.05, seed=0, variant="paper",
             layers="all", warm_start=True, init="tokens", chunk_tokens=0)
 
 
-def pack(mod):
-    from tests.host.conftest import _boot_host
-    return sys.modules[f"{_boot_host()['pack_module'].__name__}.{mod}"]
 
 
 @pytest.fixture(scope="module")
 def wolf8(comfy_host, shared_videos):
     """8 frames of the real clip wolf.mp4 at 64x64, IMAGE [8, 64, 64, 3]."""
-    clip = pack("stem_core.video_io").load_video(shared_videos / "wolf.mp4", custom_width=64, custom_height=64,
+    clip = load_video(shared_videos / "wolf.mp4", custom_width=64, custom_height=64,
                                                  frame_load_cap=8)
     return clip.frames
 
@@ -48,7 +46,7 @@ def test_invert_then_reconstruct_real_clip(node, tiny, encoded, context):
     model = stem_model(node, tiny[0], attention_context=context)
     latent, cond = encoded
     inv, traj, rec = invert_and_reconstruct(node, model, latent, cond, 10)
-    assert traj.steps == 10 and traj.frames == 8 and traj.context == context
+    assert traj.steps == 10 and traj.frames == 8 and traj.mode == context
     assert len(traj.latents) == 11 and torch.allclose(traj.latents[0], latent["samples"] * traj.latent_scale)
     assert not torch.allclose(traj.latents[-1], traj.latents[0], atol=1e-2), "x_T is the noisy end of the trajectory"
     assert rel_err(rec, latent["samples"]) < 0.05
@@ -111,9 +109,9 @@ def test_stem_differs_from_per_frame(node, tiny, encoded):
     assert (stem - plain).abs().max() > 1e-4
 
 
-def test_patch_refuses_partial_video(node, tiny, encoded):
+def test_patch_refuses_partial_video(node, tiny, encoded, glue):
     """If the UNet is called with fewer frames than the video, EM would be per-chunk: refuse clearly."""
-    patch = pack("nodes.stem_patch").find_stem_patch(stem_model(node, tiny[0]))
+    patch = glue("host").find_video_attention(stem_model(node, tiny[0]))
     n = torch.randn(4, 16, 32)
     opts = {"block": ("input", 1), "cond_or_uncond": [0], "stem_video_frames": 8, "sigmas": torch.tensor([1.0])}
     with pytest.raises(ValueError, match="saw 4 frames in one call but the video has 8"):
@@ -129,25 +127,25 @@ def test_input_model_is_not_modified(node, tiny, encoded):
     assert "attn1_patch" not in model.model_options.get("transformer_options", {}).get("patches", {})
 
 
-def test_patched_clone_survives_clone_and_to(node, tiny):
+def test_patched_clone_survives_clone_and_to(node, tiny, glue):
     patched = stem_model(node, tiny[0])
-    original = pack("nodes.stem_patch").find_stem_patch(patched)
+    original = glue("host").find_video_attention(patched)
     again = patched.clone()
-    copy = pack("nodes.stem_patch").find_stem_patch(again)
+    copy = glue("host").find_video_attention(again)
     assert copy is not None and copy is not original and copy.settings == original.settings
     again.model_patches_to(torch.device("cpu"))
     again.model_patches_to(torch.float16)
-    assert pack("nodes.stem_patch").find_stem_patch(again).settings == original.settings
+    assert glue("host").find_video_attention(again).settings == original.settings
     # a baseline with attn1_replace patches: the replaces of the copy point at the copy's patch
     two = stem_model(node, tiny[0], attention_context="two_frame").clone()
     two.model_patches_to(torch.float32)
     replaces = two.model_options["transformer_options"]["patches_replace"]["attn1"]
     assert len(replaces) == 16
-    assert all(r.patch is pack("nodes.stem_patch").find_stem_patch(two) for r in replaces.values())
+    assert all(r.patch is glue("host").find_video_attention(two) for r in replaces.values())
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"steps": 0}, "steps must be between 1 and"),
+    ({"steps": 0}, "steps: must be between 1 and"),
     ({"latent": "nan"}, "NaN or Inf"),
     ({"latent": "empty"}, "no frames"),
     ({"cond": "wide"}, "encode the prompt with this model's CLIP"),

@@ -168,7 +168,7 @@ def test_steps_differing_from_the_inversion_are_refused(run):
 
 @pytest.mark.parametrize("chunk", [0, -3])
 def test_chunk_size_below_one_is_refused(run, chunk):
-    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+    with pytest.raises(ValueError, match="chunk_size: must be an integer >= 1"):
         _edit(run, chunk_size=chunk)
 
 

@@ -4,12 +4,15 @@ A colourful textured background pans slowly while a few coloured shapes move acr
 that optical flow has texture to lock on to and the blur or flicker of an inversion /
 reconstruction is easy to see. Deterministic for a given seed.
 
-    python -m stem_core.demo_clip OUT.mp4 [--frames 16 --size 256 --fps 12 --seed 0]
+    python scripts/demo_clip.py OUT.mp4 [--frames 16 --size 256 --fps 12 --seed 0]
+
+Used by `make demo` and the tests' synthetic clips; written with the pack's video writer (H.264).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import sys
@@ -17,6 +20,10 @@ from typing import Optional, Sequence
 
 import cv2
 import numpy as np
+
+import comfy_host
+
+write_video = importlib.import_module(f"{comfy_host.import_pack().__name__}.stem_core.video_io").write_video
 
 __all__ = ["demo_frames", "make_demo_clip", "main"]
 
@@ -91,7 +98,7 @@ def demo_frames(frames: int = 16, size: int = 256, seed: int = 0) -> np.ndarray:
 
 
 def make_demo_clip(path: str, frames: int = 16, size: int = 256, fps: float = 12, seed: int = 0) -> str:
-    """Write the demo clip as an mp4 (OpenCV's 'mp4v' codec) to ``path``; returns ``path``.
+    """Write the demo clip as an H.264 mp4 to ``path``; returns ``path``.
 
     frames: frame count; size: width = height in pixels (multiple of 8, >= 32); fps: frame rate;
     seed: texture and motion phases. Same arguments -> same pixels before encoding.
@@ -99,23 +106,12 @@ def make_demo_clip(path: str, frames: int = 16, size: int = 256, fps: float = 12
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     rgb = demo_frames(frames, size, seed)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (size, size))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV could not open a video writer for {path} (codec mp4v)")
-    try:
-        for f in rgb:
-            writer.write(np.ascontiguousarray(f[..., ::-1]))  # OpenCV wants BGR
-    finally:
-        writer.release()
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        raise RuntimeError(f"writing {path} produced no data (is OpenCV built with an mp4 encoder?)")
-    return path
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return write_video(rgb, path, float(fps))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m stem_core.demo_clip", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="demo_clip.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("out", help="output .mp4 path")
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--size", type=int, default=256, help="width = height, multiple of 8")

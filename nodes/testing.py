@@ -14,10 +14,11 @@ import comfy.sd
 import comfy.sd1_clip
 import comfy.supported_models
 
+from ..stem_core.errors import STEMError
 from ..stem_core.tiny_vae import PoolingVAE
-from .compat import category
+from . import host
 
-CLIP_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_model_config.json")
+CLIP_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_clip_config.json")
 CONTEXT_DIM = 64
 
 
@@ -114,7 +115,7 @@ class STEMTinyTestModel:
                        "Weight-free stand-in VAE: 8x8 pooling and a fixed colour map.",
                        "A notice to show beside any output of this model.")
     FUNCTION = "build"
-    CATEGORY = category("testing")
+    CATEGORY = host.category("testing")
     TITLE = "STEM Tiny Test Model (random weights)"
     DESCRIPTION = ("A tiny seeded SD1.5-architecture model built from ComfyUI's own classes so graphs run "
                    "without checkpoints. Its outputs are not real edits.")
@@ -124,7 +125,8 @@ class STEMTinyTestModel:
 
     def build(self, seed, model_channels):
         if model_channels % 8:
-            raise ValueError(f"model_channels must be a multiple of 8 (8 attention heads), got {model_channels}")
+            raise STEMError(f"must be a multiple of 8 (8 attention heads), got {model_channels}",
+                            input_name="model_channels")
         return (build_tiny_model(seed, model_channels), build_tiny_clip(seed), PoolingVAE(), self.NOTICE)
 
 

@@ -1,26 +1,30 @@
-"""STEM Load Video: a video file or a frame folder from ComfyUI's input folder -> IMAGE batch, frame
-count, fps, audio and a one-line description. All decoding lives in stem_core.video_io."""
-import folder_paths
+"""STEM Load Video (a video file or frame folder from ComfyUI's input folder -> IMAGE batch, frame count, fps,
+audio, description) and STEM Save Video. All decoding and encoding lives in stem_core/video_io.py."""
+import os
 
-from ..stem_core.video_io import (DEFAULT_FOLDER_FPS, MAX_SIDE, SIZE_MODES, VideoLoadError, content_hash,
-                                  list_inputs, load_video, resolve_in_input_dir)
-from .compat import category, progress_bar, throw_if_interrupted
+import torch
+from PIL import Image
+
+from ..stem_core.errors import STEMError, VideoLoadError
+from ..stem_core.video_io import (DEFAULT_FOLDER_FPS, MAX_SIDE, SIZE_MODES, content_hash, list_inputs, load_video,
+                                  resolve_in_input_dir, write_video)
+from . import host
 
 
 def _resolve(video: str):
     """Real path of `video` inside the input folder; VideoLoadError when outside or missing."""
-    input_dir = folder_paths.get_input_directory()
-    path = resolve_in_input_dir(video, input_dir)
+    root = host.input_dir()
+    path = resolve_in_input_dir(video, root)
     if not path.exists():
         raise VideoLoadError(
-            f"video '{video}' not found in ComfyUI's input folder {input_dir}; put the file (or frame "
+            f"video '{video}' not found in ComfyUI's input folder {root}; put the file (or frame "
             f"folder) there, upload it, or pick another entry")
     return path
 
 
 class STEMVideoLoad:
     TITLE = "STEM Load Video"
-    CATEGORY = category("video")
+    CATEGORY = host.category("video")
     DESCRIPTION = ("Loads a video file (mp4, webm, mkv, mov, avi, gif, m4v) or a folder of images from ComfyUI's "
                    "input folder as an IMAGE batch; the size is always made a multiple of 8.")
     RETURN_TYPES = ("IMAGE", "INT", "FLOAT", "AUDIO", "STRING")
@@ -43,7 +47,7 @@ class STEMVideoLoad:
         # 2024-03 frontend only adds its IMAGEUPLOAD button to an input literally named "image" and accepts
         # only image files there, so on that host copy files (or frame folders) into the input folder,
         # or POST them to /upload/image (the server stores any file), then refresh the list.
-        videos = list_inputs(folder_paths.get_input_directory())
+        videos = list_inputs(host.input_dir())
         return {
             "required": {
                 "video": (videos, {"video_upload": True, "tooltip":
@@ -97,10 +101,9 @@ class STEMVideoLoad:
         state = {}
 
         def on_frame(done, expected):
-            throw_if_interrupted()
-            if "bar" not in state:
-                state["bar"] = progress_bar(max(int(expected), 1))
-            state["bar"].update(1)
+            if "progress" not in state:
+                state["progress"] = host.Progress(expected)
+            state["progress"]()
 
         clip = load_video(path, force_rate=force_rate, custom_width=custom_width, custom_height=custom_height,
                           frame_load_cap=frame_load_cap, skip_first_frames=skip_first_frames,
@@ -108,4 +111,36 @@ class STEMVideoLoad:
         return (clip.frames, clip.frame_count, clip.fps, clip.audio, clip.describe())
 
 
-NODE_CLASS_MAPPINGS = {"STEMVideoLoad": STEMVideoLoad}
+class STEMSaveVideo:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "The frames to save."}),
+            "fps": ("FLOAT", {"default": 8.0, "min": 0.1, "max": 240.0, "step": 0.01,
+                              "tooltip": "Frame rate of the file (connect STEM Load Video's fps)."}),
+            "filename_prefix": ("STRING", {"default": "STEM/video", "tooltip":
+                                           "File name prefix inside ComfyUI's output folder."}),
+        }}
+
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    CATEGORY = host.category("video")
+    TITLE = "STEM Save Video (mp4)"
+    DESCRIPTION = "Saves the frames as an mp4 and shows the first frame as a preview."
+
+    def save(self, images, fps, filename_prefix):
+        if not torch.is_tensor(images) or images.ndim != 4 or images.shape[0] < 1:
+            raise STEMError("expected an IMAGE batch [frames, H, W, 3] with at least one frame", input_name="images")
+        if not fps > 0:
+            raise STEMError(f"must be > 0, got {fps}", input_name="fps")
+        folder, base, subfolder = host.output_path(filename_prefix, images.shape[2], images.shape[1])
+        write_video(images, os.path.join(folder, base + ".mp4"), float(fps), on_frame=host.Progress(images.shape[0]))
+        first = (images[0, :, :, :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        Image.fromarray(first).save(os.path.join(folder, base + ".png"))
+        return {"ui": {"images": [{"filename": base + ".png", "subfolder": subfolder, "type": "output"}],
+                       "videos": [{"filename": base + ".mp4", "subfolder": subfolder, "type": "output",
+                                   "format": "video/mp4", "frame_rate": float(fps), "frames": int(images.shape[0])}]}}
+
+
+NODE_CLASS_MAPPINGS = {"STEMVideoLoad": STEMVideoLoad, "STEMSaveVideo": STEMSaveVideo}

@@ -4,29 +4,9 @@ and saved as JSON + a per-frame curve PNG in ComfyUI's output folder."""
 import json
 import os
 
-import folder_paths
-
-from ..stem_core.metrics import (FLOW_METHODS, flow_method_name, format_report, plot_curves_png, psnr_per_frame,
-                                 report_json, ssim_per_frame, warp_error_per_frame)
-from .compat import category, throw_if_interrupted
-
-
-def _next_prefix_path(prefix: str):
-    out_dir = folder_paths.get_output_directory()
-    full_folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, out_dir)
-    os.makedirs(full_folder, exist_ok=True)
-    return full_folder, f"{filename}_{counter:05}", subfolder
-
-
-def compute_metrics(source, result, warp_error: bool, flow_method: str):
-    """-> (per-frame dict, flow name or None). IMAGE tensors [N, H, W, 3]."""
-    per_frame = {"psnr": psnr_per_frame(result, source, a_name="result", b_name="source"),
-                 "ssim": ssim_per_frame(result, source, a_name="result", b_name="source")}
-    flow_name = None
-    if warp_error and result.shape[0] > 1:
-        throw_if_interrupted()
-        per_frame["warp_error"], flow_name = warp_error_per_frame(result, source, method=flow_method)
-    return per_frame, flow_name
+from ..stem_core.metrics import (FLOW_METHODS, flow_method_name, format_report, plot_curves_png, report_json,
+                                 video_metrics)
+from . import host
 
 
 class STEMVideoMetrics:
@@ -53,15 +33,15 @@ class STEMVideoMetrics:
     OUTPUT_TOOLTIPS = ("The report as text: means, minima, maxima and a per-frame table.",)
     FUNCTION = "measure"
     OUTPUT_NODE = True
-    CATEGORY = category("metrics")
+    CATEGORY = host.category("metrics")
     TITLE = "STEM Video Metrics (PSNR / SSIM / warp error)"
     DESCRIPTION = "Per-frame PSNR and SSIM against the source and the flow-warped temporal error, with a curve."
 
     def measure(self, source, result, warp_error, flow_method, label, filename_prefix, notice=None):
-        per_frame, flow_name = compute_metrics(source, result, warp_error, flow_method)
+        per_frame, flow_name = video_metrics(source, result, warp_error, flow_method, check_interrupt=host.check_interrupt)
         notes = [notice] if notice and notice.strip() else None
         text = format_report(per_frame, flow_name=flow_name, title=f"STEM video metrics: {label}", notes=notes)
-        folder, base, subfolder = _next_prefix_path(filename_prefix)
+        folder, base, subfolder = host.output_path(filename_prefix)
         data = report_json(per_frame, flow_name=flow_name, meta={"label": label, "notice": notice or "",
                                                                   "flow_method": flow_method_name(flow_method)})
         with open(os.path.join(folder, base + ".json"), "w") as f:

@@ -1,0 +1,377 @@
+"""The one place that knows ComfyUI's internals; every node file goes through it.
+
+- model options: cloning a MODEL with attention patches, finding and stripping the pack's patches
+  (copying the dicts it changes, never editing the input's), the video length the patches check;
+- sampling: running a stem_core loop inside ``comfy.sample.sample_custom`` (conditioning, cfg, model
+  loading and patches are ComfyUI's own), direct UNet calls for TokenFlow, the ddim_uniform schedule;
+- progress and Cancel (ProgressBar, interrupt), out-of-memory conversion, free memory;
+- ComfyUI's data types (LATENT, CONDITIONING, CLIP tokens), folders (input, output, temp);
+- the pinned 2024-03 host versus current ones (DESIGN.md section 2 of the project notes).
+"""
+import logging
+import math
+import os
+
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import folder_paths
+
+from ..stem_core.attention import VideoAttentionPatch, install_plan
+from ..stem_core.errors import STEMError
+
+CATEGORY_ROOT = "STEM video editing"
+MAX_STEPS = 1000
+TRAJECTORY = "STEM_TRAJECTORY"
+
+
+def category(sub: str) -> str:
+    return f"{CATEGORY_ROOT}/{sub}"
+
+
+# ------------------------------------------------------------------------------------------------
+# model families
+
+
+# Model config classes of ComfyUI (both hosts) -> the family name users know.
+_FAMILIES = {"SD15": "Stable Diffusion 1.x", "SD20": "Stable Diffusion 2.x", "SD21UnclipL": "SD 2.1 unCLIP",
+             "SD21UnclipH": "SD 2.1 unCLIP", "SDXL": "SDXL", "SDXLRefiner": "SDXL refiner", "SSD1B": "SDXL (SSD-1B)",
+             "Segmind_Vega": "SDXL (Segmind Vega)", "KOALA_700M": "SDXL (KOALA)", "KOALA_1B": "SDXL (KOALA)",
+             "SVD_img2vid": "Stable Video Diffusion (img2vid)", "SV3D_u": "SV3D", "SV3D_p": "SV3D",
+             "Stable_Zero123": "Stable Zero123", "SD_X4Upscaler": "SD x4 upscaler",
+             "Stable_Cascade_C": "Stable Cascade", "Stable_Cascade_B": "Stable Cascade"}
+
+
+def model_family(model) -> str:
+    """A readable family of a MODEL, e.g. 'SDXL (model config SDXL, eps prediction)'."""
+    base = getattr(model, "model", None)
+    config = getattr(base, "model_config", None)
+    name = type(config).__name__ if config is not None else type(base).__name__
+    prediction = getattr(getattr(base, "model_type", None), "name", None)
+    pred = {"EPS": "eps prediction", "V_PREDICTION": "v-prediction", "V_PREDICTION_EDM": "EDM v-prediction"}.get(
+        prediction, prediction and prediction.lower())
+    return f"{_FAMILIES.get(name, name)} (model config {name}{', ' + pred if pred else ''})"
+
+
+def _config_name(model) -> str:
+    return type(getattr(getattr(model, "model", None), "model_config", None)).__name__
+
+
+def require_sd15(model, node_title: str, input_name: str = "model"):
+    """Refuse a MODEL that is not Stable Diffusion 1.x, naming what was detected and what works."""
+    unet = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", {}) or {}
+    if _config_name(model) == "SD15" and unet.get("in_channels", 4) == 4:
+        return
+    raise STEMError(
+        f"{node_title} got a {model_family(model)} model; it works with Stable Diffusion 1.x checkpoints (SD1.5 "
+        f"and its fine-tunes: 4-channel latents, 768-wide text encoder, 16 self-attention layers)",
+        input_name=input_name, fix="load an SD1.5 checkpoint such as v1-5-pruned-emaonly.safetensors with Load "
+                                   "Checkpoint")
+
+
+# ------------------------------------------------------------------------------------------------
+# ComfyUI data types
+
+
+def check_latent(latent, name="latent"):
+    """LATENT -> its samples [frames, 4, h, w], refusing what cannot be a video's latents."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not torch.is_tensor(samples) or samples.ndim != 4:
+        raise STEMError("expected a LATENT with samples [frames, 4, h, w] (VAE Encode of the video)", input_name=name)
+    if samples.shape[0] < 1:
+        raise STEMError("the LATENT has no frames", input_name=name)
+    if not torch.isfinite(samples).all():
+        raise STEMError("the LATENT contains NaN or Inf; re-encode the video with VAE Encode", input_name=name)
+    return samples
+
+
+def check_conditioning(conditioning, model, name):
+    if not isinstance(conditioning, list) or not conditioning or not torch.is_tensor(conditioning[0][0]):
+        raise STEMError("expected a CONDITIONING (connect a CLIP Text Encode node)", input_name=name)
+    expected = getattr(getattr(model.model, "model_config", None), "unet_config", {}).get("context_dim")
+    for cond in conditioning:
+        t = cond[0]
+        if not torch.isfinite(t).all():
+            raise STEMError("the conditioning contains NaN or Inf; re-encode the prompt", input_name=name)
+        if expected is not None and t.shape[-1] != expected:
+            raise STEMError(f"the conditioning has {t.shape[-1]} channels but the model expects {expected}; "
+                            f"encode the prompt with this model's CLIP", input_name=name)
+
+
+def text_embedding(conditioning, name):
+    """The first entry's text embedding [1, tokens, C] of a CONDITIONING (for direct UNet calls)."""
+    if len(conditioning) > 1:
+        logging.warning("[STEM] %s has %d entries; only the first is used (combine prompts before encoding "
+                        "instead)", name, len(conditioning))
+    return conditioning[0][0]
+
+
+def check_steps(steps):
+    if not 1 <= int(steps) <= MAX_STEPS:
+        raise STEMError(f"must be between 1 and {MAX_STEPS}, got {steps}; the paper uses 50", input_name="steps")
+
+
+def encode_prompt(clip, text):
+    """CONDITIONING of a prompt, as CLIP Text Encode makes it."""
+    tokens = clip.tokenize(text)
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    return [[cond, {"pooled_output": pooled}]]
+
+
+def prompt_token_ids(clip, text, what):
+    """Content token ids of the first tokenizer (SD1: 'l') without start/end/padding tokens."""
+    tokens = clip.tokenize(text)
+    key = "l" if "l" in tokens else next(iter(tokens))
+    chunks = tokens[key]
+    if len(chunks) > 1:
+        raise STEMError("is longer than 75 tokens; FateZero editing supports one 77-token chunk", input_name=what)
+    ids = [t if isinstance(t, int) else -1 for t, *_ in chunks[0]]
+    tok = getattr(clip.tokenizer, f"clip_{key}", None)
+    end = getattr(tok, "end_token", 49407)
+    body = ids[1:] if ids and ids[0] == getattr(tok, "start_token", ids[0]) else ids
+    return body[:body.index(end)] if end in body else body
+
+
+# ------------------------------------------------------------------------------------------------
+# model options and patches
+
+
+def _transformer_options(model) -> dict:
+    return model.model_options.get("transformer_options", {})
+
+
+def clone_with_video_attention(model, settings):
+    """A clone of ``model`` with the video attention patch of ``settings``; ``model`` stays untouched."""
+    patch, replaces = install_plan(settings)
+    m = model.clone()
+    m.set_model_attn1_patch(patch)
+    for (block_name, number), fn in replaces.items():
+        m.set_model_attn1_replace(fn, block_name, number, 0)
+    return m
+
+
+def find_video_attention(model):
+    """The VideoAttentionPatch installed on this MODEL (this clone's own copy), or None."""
+    for p in _transformer_options(model).get("patches", {}).get("attn1_patch", []):
+        if isinstance(p, VideoAttentionPatch):
+            return p
+    return None
+
+
+def video_clone(model, frames: int):
+    """(clone, its VideoAttentionPatch or None): the clone knows the video length, so the patches refuse a
+    UNet call that holds only part of the video, and starts with a fresh patch state."""
+    m = model.clone()
+    m.model_options.setdefault("transformer_options", {})["stem_video_frames"] = int(frames)
+    patch = find_video_attention(m)
+    if patch is not None:
+        patch.reset()
+    return m, patch
+
+
+def all_patch_objects(model) -> list:
+    """Every distinct patch object on a MODEL (attn patches and replaces)."""
+    topts = _transformer_options(model)
+    found = [p for group in topts.get("patches", {}).values() for p in group]
+    found += [p for group in topts.get("patches_replace", {}).values() for p in group.values()]
+    return list({id(p): p for p in found}.values())
+
+
+def strip_patches(model, drop) -> dict:
+    """Remove the patch objects for which ``drop(obj)`` is true from a clone's transformer_options, copying
+    every dict and list it changes (never the input model's). An object with a ``wrapped`` replace gives
+    that back. Returns the clone's new transformer_options."""
+    topts = dict(_transformer_options(model))
+    patches = {name: [p for p in lst if not drop(p)] for name, lst in topts.get("patches", {}).items()}
+    replaces = {}
+    for name, table in topts.get("patches_replace", {}).items():
+        new = {}
+        for key, fn in table.items():
+            if not drop(fn):
+                new[key] = fn
+            elif getattr(fn, "wrapped", None) is not None:
+                new[key] = fn.wrapped
+        replaces[name] = new
+    topts["patches"] = {k: v for k, v in patches.items() if v}
+    topts["patches_replace"] = replaces
+    model.model_options = dict(model.model_options, transformer_options=topts)
+    return topts
+
+
+def existing_replace(model, kind, site):
+    """The attn1/attn2 replace another node installed at a site, or None."""
+    table = _transformer_options(model).get("patches_replace", {}).get(kind, {})
+    return table.get((site[0], site[1], 0), table.get((site[0], site[1])))
+
+
+def set_attn1_patch(model, fn):
+    model.set_model_attn1_patch(fn)
+
+
+def set_replace(model, kind, site, fn):
+    setter = model.set_model_attn1_replace if kind == "attn1" else model.set_model_attn2_replace
+    setter(fn, site[0], site[1], 0)
+
+
+def set_object_patch(model, name, obj):
+    model.add_object_patch(name, obj)
+
+
+def unet_module(model):
+    return getattr(model.model, "diffusion_model", None)
+
+
+# ------------------------------------------------------------------------------------------------
+# schedules and sampling
+
+
+def model_sampling(model):
+    """The ModelSampling object (sigmas, timestep conversion) of a MODEL."""
+    getter = getattr(model, "get_model_object", None)
+    if getter is not None:
+        try:
+            return getter("model_sampling")
+        except Exception:  # older patchers raise on unknown names
+            pass
+    return model.model.model_sampling
+
+
+def ddim_sigmas(model, steps: int):
+    """ComfyUI's ddim_uniform schedule: descending sigmas [steps + 1] ending in 0, on the CPU."""
+    if hasattr(comfy.samplers, "calculate_sigmas"):
+        try:
+            return comfy.samplers.calculate_sigmas(model_sampling(model), "ddim_uniform", steps).cpu()
+        except TypeError:
+            pass
+    return comfy.samplers.calculate_sigmas_scheduler(model.model, "ddim_uniform", steps).cpu()
+
+
+def sigma_min(model) -> float:
+    return float(model_sampling(model).sigma_min)
+
+
+def latent_scale(model) -> float:
+    return float(model.model.latent_format.scale_factor)
+
+
+def check_same_schedule(model, trajectory):
+    sigmas = ddim_sigmas(model, trajectory.user_steps)
+    if sigmas.shape != trajectory.sampling_sigmas.shape or not torch.allclose(
+            sigmas.float(), trajectory.sampling_sigmas.float(), rtol=1e-4, atol=1e-6):
+        raise STEMError("the model's noise schedule differs from the one used for inversion; use the same model "
+                        "family for inversion and reconstruction/editing", input_name="model")
+
+
+def sampler_runner(model, positive, negative, cfg: float, seed: int = 0):
+    """run(loop, sigmas, latent) for stem_core's drivers: runs ``loop(denoise, x, sigmas)`` through
+    ``comfy.sample.sample_custom`` (conditioning, cfg, model loading, patches are ComfyUI's own). ``latent``
+    is unscaled [B, 4, h, w]; the noise is zero, so the loop starts from the latent itself. Returns the
+    unscaled result."""
+    def run(loop, sigmas, latent):
+        def sampler_function(model_k, x, sigmas_in, extra_args=None, callback=None, disable=None):
+            extra_args = extra_args or {}
+            s_in = x.new_ones([x.shape[0]])
+            return loop(lambda xx, s: model_k(xx, s * s_in, **extra_args), x, sigmas_in)
+
+        sampler = comfy.samplers.KSAMPLER(sampler_function)
+        return comfy.sample.sample_custom(model, torch.zeros_like(latent), cfg, sampler, sigmas, positive, negative,
+                                          latent, disable_pbar=True, seed=seed)
+    return run
+
+
+def load_for_direct_calls(model, batch_shape):
+    """Load a clone on its device through ComfyUI's model management (same call in 2024 and 2025+), for
+    loops that call the UNet themselves; returns the device."""
+    comfy.model_management.load_models_gpu([model], model.memory_required(list(batch_shape)))
+    model.model_patches_to(model.load_device)
+    model.model_patches_to(model.model_dtype())
+    return model.load_device
+
+
+def unet_call(model, transformer_options):
+    """apply(batch [B, 4, h, w], sigma float, text [B, tokens, C], cond_or_uncond list) -> denoised float32:
+    a direct UNet call with the clone's patches (TokenFlow batches source and edit branches itself)."""
+    device = model.load_device
+
+    def apply(batch, sigma, text, cond_or_uncond):
+        sig = torch.full((batch.shape[0],), float(sigma), device=device, dtype=torch.float32)
+        topts = dict(transformer_options, cond_or_uncond=cond_or_uncond, sigmas=sig)
+        return model.model.apply_model(batch, sig, c_crossattn=text, transformer_options=topts).float()
+    return apply
+
+
+def to_output_latent(model, x_scaled):
+    """A sampler-space latent -> unscaled LATENT samples on ComfyUI's intermediate device."""
+    return model.model.process_latent_out(x_scaled).to(comfy.model_management.intermediate_device())
+
+
+# ------------------------------------------------------------------------------------------------
+# progress, Cancel, memory
+
+
+def check_interrupt():
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """on_step(i, total) for stem_core loops: honours Cancel, then advances ComfyUI's progress bar."""
+
+    def __init__(self, total: int):
+        self.bar = comfy.utils.ProgressBar(max(1, int(total)))
+
+    def __call__(self, i=None, total=None):
+        check_interrupt()
+        self.bar.update(1)
+
+
+def run_guarded(what: str, fn, settings_hint: str = ""):
+    """Turns allocation failures into an actionable message; everything else passes through."""
+    message = (f"{what} ran out of memory. Use fewer frames (frame_load_cap / select_every_nth on the loader), a "
+               f"smaller size (custom_width/height), fewer bases, or set chunk_tokens on STEM Video Attention to "
+               f"bound EM memory{settings_hint}.")
+    try:
+        return fn()
+    except torch.OutOfMemoryError as exc:  # CUDA
+        raise STEMError(message) from exc
+    except RuntimeError as exc:
+        text = str(exc)
+        if "out of memory" in text or "DefaultCPUAllocator" in text or "can't allocate memory" in text:
+            raise STEMError(message) from exc
+        raise
+
+
+def free_memory_bytes(device=None) -> int:
+    """Free memory of a device as ComfyUI sees it (RAM for the CPU)."""
+    return int(comfy.model_management.get_free_memory(device or comfy.model_management.get_torch_device()))
+
+
+# ------------------------------------------------------------------------------------------------
+# folders
+
+
+def input_dir() -> str:
+    return folder_paths.get_input_directory()
+
+
+def temp_subfolder(name: str) -> str:
+    return os.path.join(folder_paths.get_temp_directory(), name)
+
+
+def output_path(prefix: str, width: int = 0, height: int = 0):
+    """(folder, base name without extension, subfolder) for a new output file under ComfyUI's output folder."""
+    out_dir = folder_paths.get_output_directory()
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, out_dir, width, height)
+    os.makedirs(folder, exist_ok=True)
+    return folder, f"{name}_{counter:05}", subfolder
+
+
+def same_length(embeddings):
+    """Repeat prompt embeddings to a common token count (as ComfyUI does for prompts > 77 tokens)."""
+    lengths = [c.shape[1] for c in embeddings]
+    common = lengths[0]
+    for length in lengths[1:]:
+        common = common * length // math.gcd(common, length)
+    return [c.repeat(1, common // c.shape[1], 1) for c in embeddings]
