@@ -156,6 +156,24 @@ def check_api_format(workflow: Any, name: str = "workflow") -> None:
             )
 
 
+def add_override_arguments(parser) -> None:
+    """The command-line options of the overrides that both run_workflow.py and demo.py take."""
+    parser.add_argument("--video", help="a video file or frame folder anywhere on disk (uploaded to the server)")
+    parser.add_argument("--frames", type=int, help="frames to load (frame_load_cap and every frame count)")
+    parser.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8 (every size input)")
+    parser.add_argument("--steps", type=int, help="steps of every node that has them (DDIM: 50 in the paper)")
+    parser.add_argument("--source-prompt", help="text of the CLIPTextEncode titled '... source prompt ...' "
+                                                "(the prompt that describes your video)")
+    parser.add_argument("--target-prompt", help="text of the CLIPTextEncode titled '... target prompt ...' "
+                                                "(what the video should become)")
+
+
+def overrides_from_arguments(args, **more) -> "Overrides":
+    """Overrides from parsed add_override_arguments options (the video is filled in after its upload)."""
+    return Overrides(frames=args.frames, size=parse_size(args.size) if args.size else None, steps=args.steps,
+                     source_prompt=args.source_prompt, target_prompt=args.target_prompt, **more)
+
+
 # ---------------------------------------------------------------------------------------------
 # helpers
 

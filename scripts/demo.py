@@ -58,13 +58,8 @@ def main(argv=None):
     ap.add_argument("--comfyui", default=str(comfy_host.default_comfyui_dir()), help="ComfyUI folder")
     ap.add_argument("--out", default="demo_output")
     ap.add_argument("--workflow", default="stem_reconstruction", help="a name in workflows/api/ or a file")
-    ap.add_argument("--video", help="a video file or frame folder anywhere on disk (uploaded to ComfyUI)")
     ap.add_argument("--checkpoint", help="an SD1.5 checkpoint name in ComfyUI's models/checkpoints")
-    ap.add_argument("--frames", type=int, help="frames to load (default: the workflow's)")
-    ap.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8 (default: the workflow's)")
-    ap.add_argument("--steps", type=int, help="DDIM steps (default: the workflow's 50, as in the paper)")
-    ap.add_argument("--source-prompt", help="the prompt that describes your video (editing workflows)")
-    ap.add_argument("--target-prompt", help="what the video should become (editing workflows)")
+    cc.add_override_arguments(ap)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=7200)
     ap.add_argument("--gpu", action="store_true", help="do not pass --cpu to ComfyUI")
@@ -73,9 +68,7 @@ def main(argv=None):
     try:
         path = workflow_path(args.workflow)
         workflow = cc.load_workflow(str(path))
-        overrides = cc.Overrides(frames=args.frames, size=cc.parse_size(args.size) if args.size else None,
-                                 steps=args.steps, source_prompt=args.source_prompt,
-                                 target_prompt=args.target_prompt)
+        overrides = cc.overrides_from_arguments(args)
         if args.video:
             cc.check_video_path(args.video)
     except cc.WorkflowError as e:

@@ -49,13 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="swap the checkpoint loaders for the pack's tiny random test models (not real edits)")
     ap.add_argument("--video-checkpoint", help="ckpt_name of ImageOnlyCheckpointLoader (SVD) when the graph "
                                                "also has an SD1.5 loader")
-    ap.add_argument("--video", help="a video file or frame folder anywhere on disk (uploaded to the server)")
+    cc.add_override_arguments(ap)
     ap.add_argument("--edited-frame", help="an image file: the edited first frame (Videoshop workflows; uploaded)")
-    ap.add_argument("--frames", type=int, help="frames to load (frame_load_cap and every frame count)")
-    ap.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8 (every size input)")
-    ap.add_argument("--steps", type=int, help="steps of every node that has them")
-    ap.add_argument("--source-prompt", help="text of the CLIPTextEncode titled '... source prompt ...'")
-    ap.add_argument("--target-prompt", help="text of the CLIPTextEncode titled '... target prompt ...'")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
                     help="set any input (JSON value when it parses); repeatable, applied last")
     ap.add_argument("--out", help="download the output files into this folder")
@@ -65,19 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def overrides_from(a) -> cc.Overrides:
-    """The Overrides of the parsed arguments, before any upload (video/edited frame filled in later)."""
-    return cc.Overrides(checkpoint=a.checkpoint, video_checkpoint=a.video_checkpoint, tiny_model=a.tiny_model,
-                        frames=a.frames, size=cc.parse_size(a.size) if a.size else None, steps=a.steps,
-                        source_prompt=a.source_prompt, target_prompt=a.target_prompt, sets=a.sets)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     a = build_parser().parse_args(argv)
     log = None if a.quiet else print
     try:
         workflow = cc.load_workflow(a.workflow)
-        overrides = overrides_from(a)
+        overrides = cc.overrides_from_arguments(a, checkpoint=a.checkpoint, video_checkpoint=a.video_checkpoint,
+                                                tiny_model=a.tiny_model, sets=a.sets)
         # check everything that needs no server before starting one (placeholders for names of uploads)
         cc.apply_overrides(workflow, dataclasses.replace(overrides, video=a.video and "check",
                                                          edited_frame=a.edited_frame and "check"))
