@@ -507,9 +507,9 @@ def check_against_server(server: Any, workflow: dict, timeout: float = 30.0) -> 
             continue
         for name in names:
             if name not in available:
-                listing = ", ".join(available) if available else "nothing"
+                holds = f"holds: {', '.join(available)}" if available else "is empty"
                 raise PromptRejected(
-                    f"checkpoint {name!r} is not in the server's models/checkpoints folder, which holds: {listing}. "
+                    f"checkpoint {name!r} is not in the server's models/checkpoints folder, which {holds}. "
                     f"Put the file into ComfyUI's models/checkpoints (or pass one of those names with "
                     f"--checkpoint); without any checkpoint, --tiny-model runs the pack's tiny test model.")
 

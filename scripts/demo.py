@@ -36,15 +36,16 @@ def workflow_path(name: str) -> Path:
     return candidate
 
 
-def choose_model(server, workflow: dict, requested):
+def choose_model(server, workflow: dict, requested, comfy: Path):
     """(checkpoint name or None for the tiny model, a line saying what was chosen)."""
     info = cc.object_info(server, "CheckpointLoaderSimple")
     available = list(info["input"]["required"]["ckpt_name"][0])
     if requested:
         if requested not in available:
+            holds = f"holds: {', '.join(available)}" if available else "is empty"
             raise cc.WorkflowError(
-                f"CHECKPOINT={requested} is not in the host's models/checkpoints, which holds: "
-                f"{', '.join(available) or 'nothing'}. Put the file there or pick one of those names.")
+                f"CHECKPOINT={requested} is not in {comfy / 'models' / 'checkpoints'}, which {holds}. Put your SD1.5 "
+                f"checkpoint there, or leave CHECKPOINT out to run the tiny test model.")
         return requested, f"checkpoint: {requested}"
     defaults = [n for names in cc.checkpoint_names(workflow).values() for n in names]
     present = [n for n in defaults if n in available]
@@ -93,7 +94,7 @@ def main(argv=None):
         try:
             with comfy_host.start_server(str(comfy), python=comfy_host.host_python(comfy), port=args.port,
                                          cpu=use_cpu) as server:
-                checkpoint, chosen = choose_model(server, workflow, args.checkpoint)
+                checkpoint, chosen = choose_model(server, workflow, args.checkpoint, comfy)
                 print(f"[demo] {chosen}")
                 overrides.checkpoint, overrides.tiny_model = checkpoint, checkpoint is None
                 overrides.video = cc.upload_input(server, video)
