@@ -687,12 +687,13 @@ def _frames_uint8(frames) -> np.ndarray:
 
 def write_video(frames, path: Union[str, os.PathLike], fps: float, *, format: str = "mp4", crf: int = 19,
                 audio: Optional[dict] = None, metadata: Optional[Dict[str, str]] = None,
-                on_frame: Optional[Callable[[], None]] = None) -> str:
+                faststart: bool = True, on_frame: Optional[Callable[[], None]] = None) -> str:
     """Write IMAGE frames [N, H, W, 3] (0..1 floats or uint8) as a video the browser plays.
 
     format "mp4": H.264 (libx264, yuv420p, ``crf`` 0-51, odd sides padded by one edge pixel) with the optional
     AUDIO ({"waveform" [1, C, T], "sample_rate"}) as AAC trimmed to the frames' duration, and ``metadata``
-    (e.g. {"comment": workflow JSON}) in the container. "webp" / "gif": animated images (Pillow), looping,
+    (e.g. {"comment": workflow JSON}) in the container; ``faststart`` puts the index first, so a browser starts
+    playing before the whole file has arrived. "webp" / "gif": animated images (Pillow), looping,
     with ``metadata`` in the WEBP's EXIF as ComfyUI's own SaveAnimatedWEBP stores prompt and workflow.
     on_frame() is called after each encoded frame (progress / Cancel). Returns the path.
     """
@@ -705,19 +706,19 @@ def write_video(frames, path: Union[str, os.PathLike], fps: float, *, format: st
         raise VideoLoadError(f"frames must be [N, H, W, 3] with N >= 1, got shape {tuple(rgb.shape)}")
     path = str(path)
     if format == "mp4":
-        _write_mp4(rgb, path, fps, crf, audio, metadata or {}, on_frame)
+        _write_mp4(rgb, path, fps, crf, audio, metadata or {}, faststart, on_frame)
     else:
         _write_animation(rgb, path, fps, format, metadata or {}, on_frame)
     return path
 
 
-def _write_mp4(rgb, path, fps, crf, audio, metadata, on_frame):
+def _write_mp4(rgb, path, fps, crf, audio, metadata, faststart, on_frame):
     if av is None:
         raise VideoLoadError("writing mp4 needs PyAV (pip install av)")
     n, h, w, _ = rgb.shape
     pad_h, pad_w = h % 2, w % 2  # yuv420p needs even sides
     rate = Fraction(fps).limit_denominator(100000)
-    with av.open(path, mode="w") as container:
+    with av.open(path, mode="w", format="mp4", options={"movflags": "+faststart"} if faststart else {}) as container:
         for key, value in metadata.items():
             container.metadata[key] = str(value)
         stream = container.add_stream("libx264", rate=rate)

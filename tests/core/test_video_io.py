@@ -14,8 +14,8 @@ from comfyui_stem.stem_core.video_io import (VideoLoadError, content_hash, list_
 
 
 @pytest.fixture(scope="module")
-def wolf_full(shared_videos):
-    return load_video(shared_videos / "wolf.mp4")
+def wolf_full(clips):
+    return load_video(clips / "wolf.mp4")
 
 
 def _write_video(path, frames, fps=12):
@@ -41,13 +41,13 @@ def test_wolf_whole(wolf_full):
     assert "40 frames 512x512 @ 20 fps" in c.describe() and "no audio" in c.describe()
 
 
-def test_truck_count(shared_videos):
-    c = load_video(shared_videos / "truck.mp4", custom_width=64)
+def test_truck_count(clips):
+    c = load_video(clips / "truck.mp4", custom_width=64)
     assert c.frame_count == 21 and c.frames.shape == (21, 64, 64, 3) and c.fps == 10.0
 
 
-def test_man_skiing_count_rate_audio(shared_videos):
-    c = load_video(shared_videos / "man-skiing.mp4", custom_width=64)
+def test_man_skiing_count_rate_audio(clips):
+    c = load_video(clips / "man-skiing.mp4", custom_width=64)
     assert c.frame_count == 91 and c.frames.shape == (91, 64, 64, 3)
     assert c.fps == float(Fraction(30000, 1001)) and c.source_info["source_fps_fraction"] == "30000/1001"
     assert (c.source_info["source_width"], c.source_info["source_height"]) == (718, 718)
@@ -57,26 +57,26 @@ def test_man_skiing_count_rate_audio(shared_videos):
     assert abs(wf.shape[-1] / sr - 91 / c.fps) < 0.2  # the whole track, about 3 s
 
 
-def test_audio_trimmed_to_selection(shared_videos):
-    c = load_video(shared_videos / "man-skiing.mp4", custom_width=64, skip_first_frames=30, frame_load_cap=30)
+def test_audio_trimmed_to_selection(clips):
+    c = load_video(clips / "man-skiing.mp4", custom_width=64, skip_first_frames=30, frame_load_cap=30)
     assert c.frame_count == 30
     seconds = c.audio["waveform"].shape[-1] / c.audio["sample_rate"]
     assert abs(seconds - 30 / c.fps) < 0.01
 
 
-def test_no_audio_when_not_wanted(shared_videos):
-    c = load_video(shared_videos / "man-skiing.mp4", custom_width=64, frame_load_cap=2, load_audio_track=False)
+def test_no_audio_when_not_wanted(clips):
+    c = load_video(clips / "man-skiing.mp4", custom_width=64, frame_load_cap=2, load_audio_track=False)
     assert c.audio is None
 
 
-def test_frame_folder(shared_videos):
-    c = load_video(shared_videos / "car-turn")
+def test_frame_folder(clips):
+    c = load_video(clips / "car-turn")
     assert c.frames.shape == (8, 512, 512, 3) and c.frame_count == 8
     assert c.source_fps is None and c.fps == video_io.DEFAULT_FOLDER_FPS == 8.0 and c.audio is None
-    first = cv2.cvtColor(cv2.imread(str(shared_videos / "car-turn" / "00000.png")), cv2.COLOR_BGR2RGB)
+    first = cv2.cvtColor(cv2.imread(str(clips / "car-turn" / "00000.png")), cv2.COLOR_BGR2RGB)
     assert torch.equal((c.frames[0] * 255).round().to(torch.uint8), torch.from_numpy(first))
     # force_rate only sets the reported rate of a folder; selection options apply as for videos
-    c2 = load_video(shared_videos / "car-turn", force_rate=12, skip_first_frames=1, select_every_nth=2,
+    c2 = load_video(clips / "car-turn", force_rate=12, skip_first_frames=1, select_every_nth=2,
                     custom_width=64)
     assert c2.fps == 12.0 and c2.frame_count == 4 and c2.frames.shape[1:] == (64, 64, 3)
 
@@ -106,8 +106,8 @@ def test_size_rule():
         target_size(5, 5, size_mode="crop")
 
 
-def test_man_skiing_resize_and_crop(shared_videos):
-    path = shared_videos / "man-skiing.mp4"
+def test_man_skiing_resize_and_crop(clips):
+    path = clips / "man-skiing.mp4"
     r = load_video(path, frame_load_cap=1, load_audio_track=False)
     c = load_video(path, frame_load_cap=1, size_mode="crop", load_audio_track=False)
     assert r.frames.shape == (1, 720, 720, 3) and c.frames.shape == (1, 712, 712, 3)
@@ -121,48 +121,48 @@ def test_man_skiing_resize_and_crop(shared_videos):
     assert torch.equal((c.frames[0] * 255).round().to(torch.uint8), torch.from_numpy(raw[3:715, 3:715]))
 
 
-def test_crop_with_custom_size_covers_then_crops(shared_videos):
-    c = load_video(shared_videos / "wolf.mp4", custom_width=100, custom_height=50, size_mode="crop",
+def test_crop_with_custom_size_covers_then_crops(clips):
+    c = load_video(clips / "wolf.mp4", custom_width=100, custom_height=50, size_mode="crop",
                    frame_load_cap=1)
     assert c.frames.shape == (1, 48, 96, 3)
-    r = load_video(shared_videos / "wolf.mp4", custom_width=100, custom_height=50, frame_load_cap=1)
+    r = load_video(clips / "wolf.mp4", custom_width=100, custom_height=50, frame_load_cap=1)
     assert r.frames.shape == (1, 48, 104, 3)
 
 
 # ----------------------------------------------------------------------------- selection
 
-def test_skip_nth_cap_against_full_decode(shared_videos, wolf_full):
-    c = load_video(shared_videos / "wolf.mp4", skip_first_frames=5, select_every_nth=3, frame_load_cap=4)
+def test_skip_nth_cap_against_full_decode(clips, wolf_full):
+    c = load_video(clips / "wolf.mp4", skip_first_frames=5, select_every_nth=3, frame_load_cap=4)
     assert c.frame_count == 4 and c.source_info["first_frame_index"] == 5
     assert torch.equal(c.frames, wolf_full.frames[[5, 8, 11, 14]])
     # the cap stops decoding early
     assert c.source_info["decoded_source_frames"] == 15
 
 
-def test_nth_without_cap(shared_videos, wolf_full):
-    c = load_video(shared_videos / "wolf.mp4", select_every_nth=7, skip_first_frames=1)
+def test_nth_without_cap(clips, wolf_full):
+    c = load_video(clips / "wolf.mp4", select_every_nth=7, skip_first_frames=1)
     assert torch.equal(c.frames, wolf_full.frames[1::7]) and c.frame_count == 6 and c.fps == 20.0
 
 
-def test_force_rate_halves(shared_videos, wolf_full):
-    c = load_video(shared_videos / "wolf.mp4", force_rate=10)
+def test_force_rate_halves(clips, wolf_full):
+    c = load_video(clips / "wolf.mp4", force_rate=10)
     assert c.frame_count == 20 and c.fps == 10.0 and c.source_fps == 20.0
     assert torch.equal(c.frames, wolf_full.frames[::2])
 
 
-def test_force_rate_duplicates(shared_videos):
-    c = load_video(shared_videos / "truck.mp4", force_rate=20, custom_width=32)
-    base = load_video(shared_videos / "truck.mp4", custom_width=32)
+def test_force_rate_duplicates(clips):
+    c = load_video(clips / "truck.mp4", force_rate=20, custom_width=32)
+    base = load_video(clips / "truck.mp4", custom_width=32)
     assert c.frame_count == 42 and c.fps == 20.0
     assert torch.equal(c.frames[0::2], base.frames) and torch.equal(c.frames[1::2], base.frames)
     # NTSC 29.97 -> 10 fps: ceil(91 * 10 / 29.97) = 31 frames, exact rational timing
-    n = load_video(shared_videos / "man-skiing.mp4", force_rate=10, custom_width=16, load_audio_track=False)
+    n = load_video(clips / "man-skiing.mp4", force_rate=10, custom_width=16, load_audio_track=False)
     assert n.frame_count == 31
 
 
-def test_on_frame_progress_and_abort(shared_videos):
+def test_on_frame_progress_and_abort(clips):
     calls = []
-    load_video(shared_videos / "truck.mp4", custom_width=16, on_frame=lambda d, t: calls.append((d, t)))
+    load_video(clips / "truck.mp4", custom_width=16, on_frame=lambda d, t: calls.append((d, t)))
     assert [d for d, _ in calls] == list(range(1, 22)) and calls[-1][1] == 21
 
     class Stop(Exception):
@@ -173,7 +173,7 @@ def test_on_frame_progress_and_abort(shared_videos):
             raise Stop()
 
     with pytest.raises(Stop):
-        load_video(shared_videos / "truck.mp4", custom_width=16, on_frame=abort)
+        load_video(clips / "truck.mp4", custom_width=16, on_frame=abort)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -197,8 +197,8 @@ def test_zero_byte_file(tmp_path):
         load_video(p)
 
 
-def test_truncated_mp4_loads_decodable_frames_with_warning(tmp_path, shared_videos):
-    data = (shared_videos / "truck.mp4").read_bytes()  # index at the front: the first half decodes
+def test_truncated_mp4_loads_decodable_frames_with_warning(tmp_path, clips):
+    data = (clips / "truck.mp4").read_bytes()  # index at the front: the first half decodes
     p = tmp_path / "half_truck.mp4"
     p.write_bytes(data[: len(data) // 2])
     with pytest.warns(RuntimeWarning, match="truncated"):
@@ -207,19 +207,19 @@ def test_truncated_mp4_loads_decodable_frames_with_warning(tmp_path, shared_vide
     assert "warning" in c.describe()
 
 
-def test_truncated_mp4_without_index_is_a_clear_error(tmp_path, shared_videos):
-    data = (shared_videos / "wolf.mp4").read_bytes()  # index at the end: nothing decodes
+def test_truncated_mp4_without_index_is_a_clear_error(tmp_path, clips):
+    data = (clips / "wolf.mp4").read_bytes()  # index at the end: nothing decodes
     p = tmp_path / "half_wolf.mp4"
     p.write_bytes(data[: len(data) // 2])
     with pytest.raises(VideoLoadError, match=r"could not decode.*half_wolf\.mp4"):
         load_video(p)
 
 
-def test_zero_frame_selection_names_count(shared_videos):
+def test_zero_frame_selection_names_count(clips):
     with pytest.raises(VideoLoadError, match=r"no frames selected from .*wolf\.mp4.*has 40 frames"):
-        load_video(shared_videos / "wolf.mp4", skip_first_frames=40, custom_width=16)
+        load_video(clips / "wolf.mp4", skip_first_frames=40, custom_width=16)
     with pytest.raises(VideoLoadError, match=r"car-turn.*has 8 images"):
-        load_video(shared_videos / "car-turn", skip_first_frames=8)
+        load_video(clips / "car-turn", skip_first_frames=8)
 
 
 def test_folder_without_images(tmp_path):
@@ -255,7 +255,7 @@ def test_one_frame_video(tmp_path):
     assert abs(float(c.frames.mean()) - 200 / 255) < 0.03
 
 
-def test_declared_frame_count_is_not_trusted(monkeypatch, shared_videos):
+def test_declared_frame_count_is_not_trusted(monkeypatch, clips):
     real = video_io._probe
 
     def lying_probe(path):
@@ -265,14 +265,14 @@ def test_declared_frame_count_is_not_trusted(monkeypatch, shared_videos):
 
     monkeypatch.setattr(video_io, "_probe", lying_probe)
     with pytest.warns(RuntimeWarning, match="decoded 21 of the 1000000000000"):
-        c = load_video(shared_videos / "truck.mp4", custom_width=16)
+        c = load_video(clips / "truck.mp4", custom_width=16)
     assert c.frame_count == 21
 
 
-def test_max_frames_cap(shared_videos):
+def test_max_frames_cap(clips):
     with pytest.raises(VideoLoadError, match=r"wolf\.mp4.*max_frames=10.*frame_load_cap"):
-        load_video(shared_videos / "wolf.mp4", custom_width=16, max_frames=10)
-    assert load_video(shared_videos / "wolf.mp4", custom_width=16, max_frames=10, frame_load_cap=10).frame_count == 10
+        load_video(clips / "wolf.mp4", custom_width=16, max_frames=10)
+    assert load_video(clips / "wolf.mp4", custom_width=16, max_frames=10, frame_load_cap=10).frame_count == 10
 
 
 @pytest.mark.parametrize("opt,value", [
@@ -280,9 +280,9 @@ def test_max_frames_cap(shared_videos):
     ("select_every_nth", 0), ("force_rate", -5.0), ("force_rate", float("nan")), ("size_mode", "stretch"),
     ("custom_width", video_io.MAX_SIDE + 8), ("max_frames", 0),
 ])
-def test_bad_options(shared_videos, opt, value):
+def test_bad_options(clips, opt, value):
     with pytest.raises(VideoLoadError, match=rf"wolf\.mp4.*{opt}"):
-        load_video(shared_videos / "wolf.mp4", **{opt: value})
+        load_video(clips / "wolf.mp4", **{opt: value})
 
 
 # ----------------------------------------------------------------------------- input folder
@@ -312,12 +312,12 @@ def test_resolve_in_input_dir(tmp_path):
         resolve_in_input_dir("", root)
 
 
-def test_list_inputs(tmp_path, shared_videos):
+def test_list_inputs(tmp_path, clips):
     root = tmp_path / "input"
     root.mkdir()
     for n in ("b.mp4", "a.webm", "c.MOV", "notes.txt", "pic.png", ".hidden.mp4"):
         (root / n).write_bytes(b"x")
-    shutil.copytree(shared_videos / "car-turn", root / "car-turn")
+    shutil.copytree(clips / "car-turn", root / "car-turn")
     (root / "empty_dir").mkdir()
     (root / "txt_dir").mkdir()
     (root / "txt_dir" / "a.txt").write_text("x")
@@ -325,7 +325,7 @@ def test_list_inputs(tmp_path, shared_videos):
     assert list_inputs(tmp_path / "missing") == []
 
 
-def test_content_hash(tmp_path, shared_videos):
+def test_content_hash(tmp_path, clips):
     p = tmp_path / "v.mp4"
     p.write_bytes(b"first")
     h1 = content_hash(p)
@@ -335,9 +335,9 @@ def test_content_hash(tmp_path, shared_videos):
     p.write_bytes(b"second")
     assert content_hash(p) != h1
     d = tmp_path / "frames"
-    shutil.copytree(shared_videos / "car-turn", d)
+    shutil.copytree(clips / "car-turn", d)
     hd = content_hash(d)
-    assert hd == content_hash(shared_videos / "car-turn")
+    assert hd == content_hash(clips / "car-turn")
     (d / "00003.png").write_bytes((d / "00004.png").read_bytes())
     assert content_hash(d) != hd
     with pytest.raises(VideoLoadError):

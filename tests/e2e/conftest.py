@@ -24,16 +24,21 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def server_input(server, shared_videos):
-    """Puts shared clips into the server's input folder (tests only read them from ../shared)."""
-    input_dir = COMFYUI_DIR / "input"
-    input_dir.mkdir(exist_ok=True)
+def server_input(server, clips):
+    """put(name) copies a test clip into the server's input folder, under stem_test_clips/ (so nothing of a user's
+    input folder is overwritten), and returns the name the loader takes."""
+    folder = COMFYUI_DIR / "input" / "stem_test_clips"
+    folder.mkdir(parents=True, exist_ok=True)
+    done = set()
 
     def put(name):
-        src, dst = shared_videos / name, input_dir / name
-        if not dst.exists():
+        src, dst = clips / name, folder / name
+        if name not in done:
+            if dst.is_dir():
+                shutil.rmtree(dst)
             (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-        return name
+            done.add(name)
+        return f"stem_test_clips/{name}"
     return put
 
 

@@ -202,10 +202,10 @@ def test_twenty_prompts_back_to_back_memory_stays_flat(server, server_input, tra
     assert abs(growth) <= 0.10, f"server RSS went from {mib[2]:.0f} MiB to {mib[20]:.0f} MiB ({100 * growth:+.1f}%)"
 
 
-def test_cache_identical_prompt_and_changed_video(server, server_input, shared_videos, tracker):
+def test_cache_identical_prompt_and_changed_video(server, server_input, clips, tracker):
     input_dir = COMFYUI_DIR / "input"
     name = "stem_cache_probe.mp4"
-    shutil.copy(shared_videos / "wolf.mp4", input_dir / name)
+    shutil.copy(clips / "wolf.mp4", input_dir / name)
     try:
         wf = lean(_load(REPO / "workflows" / "api" / "stem_reconstruction.json"), name, steps=2, bases=8)
         for n in wf.values():
@@ -226,7 +226,7 @@ def test_cache_identical_prompt_and_changed_video(server, server_input, shared_v
         assert {loader, inverter} <= set(tracker.cached_nodes(again)), tracker.cached_nodes(again)
 
         # same name, new content (another clip): IS_CHANGED (content hash) makes the loader and all after it run
-        shutil.copy(shared_videos / "truck.mp4", input_dir / name)
+        shutil.copy(clips / "truck.mp4", input_dir / name)
         changed = tracker.queue(copy.deepcopy(wf))
         assert tracker.wait(changed) == "success", tracker.error(changed)
         ran = set(tracker.executed_nodes(changed))

@@ -53,10 +53,10 @@ def input_dir(comfy_host, tmp_path):
 
 
 @pytest.fixture
-def input_with_clip(input_dir, shared_videos):
+def input_with_clip(input_dir, clips):
     """Copy a shared clip into the test's input folder (copied into tmp only, never the repo)."""
     def put(name):
-        src = shared_videos / name
+        src = clips / name
         dst = input_dir / name
         if src.is_dir():
             shutil.copytree(src, dst)

@@ -18,9 +18,9 @@ SOURCE = "a wolf standing in the snow"
 
 
 
-def load_clip(shared_videos, frames, size):
+def load_clip(clips, frames, size):
     import cv2
-    cap = cv2.VideoCapture(str(shared_videos / "wolf.mp4"))
+    cap = cv2.VideoCapture(str(clips / "wolf.mp4"))
     out = []
     while len(out) < frames:
         ok, f = cap.read()
@@ -86,12 +86,12 @@ def test_word_alignment_with_the_real_sd1_tokenizer(comfy_host, tiny, glue):
 # ---------------------------------------------------------------------------------------------- STEM
 
 @pytest.fixture(scope="module")
-def stem_run(comfy_host, tiny, shared_videos):
+def stem_run(comfy_host, tiny, clips):
     def node(name):
         return comfy_host["nodes"].NODE_CLASS_MAPPINGS[name]()
 
     model, clip, _ = tiny
-    latent, cond = encode(comfy_host, tiny, load_clip(shared_videos, FRAMES, SIZE), SOURCE)
+    latent, cond = encode(comfy_host, tiny, load_clip(clips, FRAMES, SIZE), SOURCE)
     with torch.no_grad():
         patched, recording, traj = invert_with_store(node, model, latent, cond, "stem", STEPS)
         rec = node("STEMReconstruct").reconstruct(patched, traj)[0]["samples"]
@@ -202,11 +202,11 @@ def temp_dir(comfy_host, tmp_path):
     fp.set_temp_directory(old)
 
 
-def test_two_frame_inversion_spilled_to_temp_folder(comfy_host, tiny, node, shared_videos, temp_dir):
+def test_two_frame_inversion_spilled_to_temp_folder(comfy_host, tiny, node, clips, temp_dir):
     """FateZero's own 2-frame inversion works too (store in ComfyUI's temp folder, freed on request).
     4 frames keep the test short; full fusion is ~0.2% off the reconstruction here."""
     model, clip, _ = tiny
-    latent, cond = encode(comfy_host, tiny, load_clip(shared_videos, 4, SIZE), SOURCE)
+    latent, cond = encode(comfy_host, tiny, load_clip(clips, 4, SIZE), SOURCE)
     with torch.no_grad():
         patched, _, traj = invert_with_store(node, model, latent, cond, "two_frame", STEPS, keep="temp_folder")
         store = traj.extras["attention_store"]
@@ -226,7 +226,7 @@ def test_two_frame_inversion_spilled_to_temp_folder(comfy_host, tiny, node, shar
 
 # ---------------------------------------------------------------------------------------------- store size
 
-def test_stem_store_is_10x_smaller_than_all_token_self_attention(comfy_host, tiny, node, shared_videos):
+def test_stem_store_is_10x_smaller_than_all_token_self_attention(comfy_host, tiny, node, clips):
     """Same clip (2 frames of 256x256 -> 32x32 latent, 1 step), all 16 layers, so the top layers hold 1024 tokens:
     the token count of FateZero's largest stored layers at 512 px. Per frame and head the store holds
     cross maps 77 x HW (the same for every inversion: a floor), plus self maps HW x HW (per frame),
@@ -234,7 +234,7 @@ def test_stem_store_is_10x_smaller_than_all_token_self_attention(comfy_host, tin
     Expected from the shapes: 10.5x vs per-frame, 20x vs two-frame. With K = 256 at 512 px and FateZero's
     layers the gain is smaller (about 2.6x / 4.9x): the 10x needs HW >> K."""
     model, clip, _ = tiny
-    latent, cond = encode(comfy_host, tiny, load_clip(shared_videos, 2, 256), SOURCE)
+    latent, cond = encode(comfy_host, tiny, load_clip(clips, 2, 256), SOURCE)
     sizes = {}
     with torch.no_grad():
         for ctx in ("stem", "plain", "two_frame"):

@@ -38,11 +38,11 @@ def _psnr(a, b):
 
 
 @pytest.fixture(scope="module")
-def clip8(shared_videos):
+def clip8(clips):
     """8 frames of wolf.mp4 at 64x64, IMAGE [8, 64, 64, 3]."""
     import cv2
     import numpy as np
-    cap = cv2.VideoCapture(str(shared_videos / "wolf.mp4"))
+    cap = cv2.VideoCapture(str(clips / "wolf.mp4"))
     frames = []
     while len(frames) < 8:
         ok, f = cap.read()

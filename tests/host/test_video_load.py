@@ -58,15 +58,15 @@ def test_frame_folder_through_node(node, input_with_clip):
     assert image.shape == (8, 64, 64, 3) and count == 8 and fps == 8.0 and audio is None
 
 
-def test_is_changed(comfy_host, input_dir, shared_videos):
+def test_is_changed(comfy_host, input_dir, clips):
     cls = comfy_host["nodes"].NODE_CLASS_MAPPINGS["STEMVideoLoad"]
-    src = (shared_videos / "truck.mp4").read_bytes()
+    src = (clips / "truck.mp4").read_bytes()
     target = input_dir / "clip.mp4"
     target.write_bytes(src)
     first = cls.IS_CHANGED(video="clip.mp4", **LOAD_DEFAULTS)
     target.write_bytes(bytes(src))  # rewritten, identical content
     assert cls.IS_CHANGED(video="clip.mp4", **LOAD_DEFAULTS) == first
-    shutil.copy(shared_videos / "wolf.mp4", target)  # different content under the same name
+    shutil.copy(clips / "wolf.mp4", target)  # different content under the same name
     assert cls.IS_CHANGED(video="clip.mp4", **LOAD_DEFAULTS) != first
 
 
