@@ -64,3 +64,31 @@ def test_bad_arguments_exit_nonzero_with_the_fix(server, tmp_path):
     res = cli(wf, "--server", server.address, "--tiny-model", "--frames", 2, "--size", "64x64", "--steps", 1,
               "--set", "1.video=missing.mp4")
     assert res.returncode == 1 and "not found in ComfyUI's input folder" in res.stderr, res.stderr
+
+
+@pytest.fixture(scope="module")
+def full_size_checkpoint(server):
+    """A full-size random-weight SD1.5 checkpoint (tests/fixtures/checkpoints.py) in the server's models folder."""
+    from tests.conftest import COMFYUI_DIR
+    from tests.fixtures.checkpoints import install_into, random_sd15_checkpoint
+    return install_into(COMFYUI_DIR, random_sd15_checkpoint())
+
+
+@pytest.mark.parametrize("path", API_FILES, ids=[p.stem for p in API_FILES])
+def test_every_workflow_on_a_full_size_checkpoint(server, clip_on_disk, full_size_checkpoint, tmp_path, path):
+    """The user's path: --checkpoint with the real SD1.5 architecture (random weights: the values are noise, the
+    shapes, loaders and the real VAE are real). Outputs exist, frame counts match, values are finite."""
+    from comfyui_stem.stem_core.video_io import load_video
+    res = cli(path, "--server", server.address, "--checkpoint", full_size_checkpoint, "--video", clip_on_disk,
+              "--frames", 2, "--size", "64x64", "--steps", 2, "--out", tmp_path, "--quiet", timeout=1200)
+    assert res.returncode == 0, f"{path.name}: exit {res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+    videos = sorted(tmp_path.rglob("*.mp4"))
+    assert videos
+    for video in videos:
+        clip = load_video(video)
+        assert clip.frame_count == 2 and (clip.width, clip.height) == (64, 64)
+        assert math.isfinite(float(clip.frames.sum()))
+    for report in (json.loads(p.read_text()) for p in tmp_path.rglob("*.json")):
+        for metric, data in report["metrics"].items():
+            assert all(v is None or math.isfinite(v) for v in data["per_frame"]), (metric, data)
+        assert "TINY" not in report["meta"]["notice"]
