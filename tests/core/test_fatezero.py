@@ -237,3 +237,40 @@ def test_stem_responsibilities_are_recorded_and_reused():
     assert not math.isnan(float(ctx2.sum()))
     rec.abort_inversion()
     assert store.freed and rec.store is None
+
+
+def test_fatezero_store_pairing():
+    """The map recorded at the UNet call of inversion step i is read by the editing step that evaluates the model at
+    the same sigma: editing step j (at sampling_sigmas[j]) reads store step N-1-j, recorded at sampling_sigmas[j]."""
+    from comfyui_stem.stem_core.inversion import invert_video
+    from tests.core.oracles import GaussianDataDenoiser, ddim_uniform_sigmas, scaled_linear_sigmas
+
+    sampling = ddim_uniform_sigmas(scaled_linear_sigmas(), 10)
+    steps = len(sampling) - 1
+    site = ("input", 4)
+    writer = fz.AttentionStoreWriter([site], {site: "per_frame"})
+    recorded = {}  # store step -> sigma of the model call that wrote it
+    oracle = GaussianDataDenoiser(0.0, 1.0)
+
+    class Hook:  # the writer's step bookkeeping, without requiring maps at the end
+        begin_inversion = writer.begin_inversion
+
+        def finish_inversion(self, trajectory):
+            pass
+
+        def abort_inversion(self):
+            pass
+
+    def denoise(x, sigma):
+        recorded[writer._step({"sigmas": torch.tensor([float(sigma)])})] = float(sigma)
+        return oracle(x, sigma)
+
+    invert_video(lambda loop, sigmas, latent: loop(denoise, latent, sigmas), torch.randn(2, 4, 8, 8), sampling,
+                 0.0292, 1.0, hooks=[Hook()])
+    assert sorted(recorded) == list(range(steps)), recorded
+    fusion = fz.FusionPatches(writer.store, fz.FusionSettings(fz.align_prompts([1], [1]), steps, steps),
+                              sampling[:-1], (8, 8))
+    for j in range(steps):
+        sigma_j = float(sampling[j])
+        assert fusion.step_of({"sigmas": torch.tensor([sigma_j])}) == j
+        assert recorded[fz.store_step(j, steps)] == pytest.approx(sigma_j, rel=1e-6), (j, recorded)

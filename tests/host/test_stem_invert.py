@@ -178,3 +178,50 @@ def test_real_footage_reconstruction(comfy_host, node, tiny, shared_videos):
     cond = comfy_host["nodes"].CLIPTextEncode().encode(tiny[1], "a wolf standing in the snow")[0]
     _, traj, rec = invert_and_reconstruct(node, stem_model(node, tiny[0]), latent, cond, 10)
     assert traj.frames == 8 and rel_err(rec, latent["samples"]) < 0.05
+
+
+class GaussianModel:
+    """model_function_wrapper that answers every UNet call with the exact denoiser of Gaussian data N(mean, std^2)
+    (the posterior mean in ComfyUI's sigma space, tests/core/oracles.py) and records the sigma of each call.
+    Through it STEM Invert / STEM Reconstruct run their real ComfyUI sampling path with an oracle model."""
+
+    def __init__(self, mean=0.3, std=0.5):
+        from tests.core.oracles import GaussianDataDenoiser
+        self.denoiser = GaussianDataDenoiser(mean, std)
+        self.sigmas = []
+
+    def __deepcopy__(self, memo):  # ComfyUI deep-copies model_options on clone(): keep recording here
+        return self
+
+    def __call__(self, apply_model, args):
+        sigma = args["timestep"]
+        self.sigmas.append(float(sigma.reshape(-1)[0]))
+        return self.denoiser(args["input"], sigma)
+
+
+def test_ddim_endpoints_symmetric(node, tiny):
+    """Inversion and sampling are mirror images of one schedule: the model is evaluated at the same sigmas in
+    both directions (index by index), and with an analytic Gaussian-data denoiser, for which DDIM is exact in the
+    limit, the inversion + reconstruction error shrinks towards 0 as the steps grow, with no floor."""
+    g = torch.Generator().manual_seed(0)
+    latent = {"samples": (0.3 + 0.5 * torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)).float() / 0.18215}
+    cond = [[torch.zeros(1, 77, 64), {}]]
+    errors = []
+    for steps in (10, 50, 200):
+        oracle = GaussianModel()
+        model = tiny[0].clone()
+        model.set_model_unet_function_wrapper(oracle)
+        with torch.no_grad():
+            inv, traj, _ = node("STEMInvert").invert(model, latent, cond, steps)
+            calls_inversion = list(oracle.sigmas)
+            oracle.sigmas.clear()
+            rec = node("STEMReconstruct").reconstruct(model, traj)[0]["samples"]
+        calls_sampling = oracle.sigmas
+        sampling = [float(s) for s in traj.sampling_sigmas[:-1]]
+        assert len(calls_inversion) == len(calls_sampling) == steps
+        assert calls_sampling == pytest.approx(sampling, rel=1e-6)
+        assert calls_inversion[::-1] == pytest.approx(calls_sampling, rel=1e-6), \
+            f"{steps} steps: inversion evaluates at {calls_inversion[:3]}..., sampling at {calls_sampling[-3:][::-1]}..."
+        errors.append(rel_err(rec, latent["samples"]))
+    print("round-trip error at 10 / 50 / 200 steps:", errors)
+    assert errors[1] < errors[0] / 3 and errors[2] < errors[1] / 3 and errors[2] < 1e-3, errors
