@@ -249,10 +249,6 @@ def ddim_sigmas(model, steps: int):
     return comfy.samplers.calculate_sigmas_scheduler(model.model, "ddim_uniform", steps).cpu()
 
 
-def sigma_min(model) -> float:
-    return float(model_sampling(model).sigma_min)
-
-
 def latent_scale(model) -> float:
     return float(model.model.latent_format.scale_factor)
 

@@ -99,7 +99,7 @@ class STEMInvert:
         run = host.sampler_runner(m, source_conditioning, source_conditioning, 1.0)
         with torch.no_grad():
             out, traj = host.run_guarded("STEM inversion", lambda: invert_video(
-                run, samples, host.ddim_sigmas(m, int(steps)), host.sigma_min(m), host.latent_scale(m), patch, hooks,
+                run, samples, host.ddim_sigmas(m, int(steps)), host.latent_scale(m), patch, hooks,
                 host.Progress(steps), requested_steps=int(steps), settings=settings,
                 source_conditioning=source_conditioning))
         logging.info("[STEM] %s", traj.describe())

@@ -417,7 +417,7 @@ class AttentionStoreWriter:
     def begin_inversion(self, frames, sigmas):
         self.abort_inversion()
         sig = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
-        self.sigmas = sig[:-1]  # the model is called at every inversion sigma but the last
+        self.sigmas = sig[1:]  # inversion step i evaluates the model at its destination sigma sig[i + 1]
         self.store = AttentionStore(len(sig) - 1, frames, self.folder,
                                     info={"contexts": {site_name(s): self.context_at(s) for s in self.sites},
                                           "tau": self.tau,

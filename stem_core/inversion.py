@@ -67,15 +67,13 @@ def ddim_step(x: torch.Tensor, denoised: torch.Tensor, sigma: SigmaLike, sigma_n
     return denoised + (x - denoised) * (s_next / s)
 
 
-def inversion_sigmas(sampling_sigmas, start_sigma: float = 1e-4) -> torch.Tensor:
-    """Ascending inversion schedule from a descending sampling schedule.
+def inversion_sigmas(sampling_sigmas) -> torch.Tensor:
+    """The ascending inversion schedule that mirrors a descending sampling schedule.
 
-    sampling_sigmas: [steps + 1], descending, ending in 0, e.g. ComfyUI's ddim_uniform
-        ``[s_max, ..., s_1, 0]``.
-    start_sigma: where inversion starts, in (0, s_1): the clean latent is treated as the
-        state at this tiny sigma (DDIM cannot divide by sigma = 0).
-    Returns [steps + 1] float32: ``[start_sigma, s_1, ..., s_max]``; inverting over it and then
-    sampling over ``sampling_sigmas`` visits the same sigmas in reverse.
+    sampling_sigmas: [steps + 1], descending, ending in 0, e.g. ComfyUI's ddim_uniform ``[s_N, ..., s_1, 0]``.
+    Returns [steps + 1] float32 ``[0, s_1, ..., s_N]``: inversion starts from the clean latent (sigma 0) where
+    sampling ends, so the two are mirror images of one schedule (starting at sigma_min instead leaves a bias
+    that no step count removes).
     """
     values = _as_sigma_list(sampling_sigmas, "sampling_sigmas")
     if values[-1] != 0.0:
@@ -88,34 +86,17 @@ def inversion_sigmas(sampling_sigmas, start_sigma: float = 1e-4) -> torch.Tensor
                 "sampling_sigmas must be strictly descending; "
                 f"sigma[{i}] = {values[i]:g} is not above sigma[{i + 1}] = {values[i + 1]:g}"
             )
-    s_1 = values[-2]
-    start = float(start_sigma)
-    if not (0.0 < start < s_1):
-        raise ValueError(
-            f"start_sigma must lie in (0, {s_1:g}) (above 0 and below the smallest non-zero sampling sigma), "
-            f"got {start:g}"
-        )
-    ascending = [start] + values[:-1][::-1]
-    return torch.tensor(ascending, dtype=torch.float32)
+    return torch.tensor(values[::-1], dtype=torch.float32)
 
 
-def _run(denoise_fn: DenoiseFn, x: torch.Tensor, sigmas: List[float], on_step: StepCallback):
-    total = len(sigmas) - 1
-    latents = [x]
-    for i in range(total):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        sigma_t = torch.tensor(s, dtype=x.dtype if x.is_floating_point() else torch.float32, device=x.device)
-        denoised = denoise_fn(x, sigma_t)
-        if denoised.shape != x.shape:
-            raise ValueError(
-                f"denoise_fn returned shape {tuple(denoised.shape)} for an input of shape {tuple(x.shape)}"
-            )
-        x = ddim_step(x, denoised, s, s_next)
-        latents.append(x)
-        if on_step is not None:
-            # progress / Cancel hook: an exception raised here aborts the loop
-            on_step(i, total)
-    return x, latents
+def _sigma_tensor(s: float, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(s, dtype=like.dtype if like.is_floating_point() else torch.float32, device=like.device)
+
+
+def _checked(denoised: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if denoised.shape != x.shape:
+        raise ValueError(f"denoise_fn returned shape {tuple(denoised.shape)} for an input of shape {tuple(x.shape)}")
+    return denoised
 
 
 def ddim_invert(
@@ -123,22 +104,40 @@ def ddim_invert(
 ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     """DDIM inversion: clean latent -> noisy latent at the largest sigma.
 
-    x0: clean latent, e.g. [N, 4, h, w] (taken as the state at ``sigmas_ascending[0]``).
-    sigmas_ascending: [steps + 1], strictly ascending, first > 0 (see ``inversion_sigmas``).
+    Step i goes from s_i to s_{i+1} and evaluates the model at the DESTINATION sigma s_{i+1}, as DDIM inversion
+    does in diffusers (DDIMInverseScheduler), FateZero (ddim_clean2noisy_loop) and TokenFlow (ddim_inversion):
+    the UNet sees the current latent in its variance-preserving form z_i = x_i / sqrt(1 + s_i^2) at the next
+    timestep, i.e. the sigma-space input x_in = x_i * sqrt(1 + s_{i+1}^2) / sqrt(1 + s_i^2); then
+    eps = (x_in - D(x_in, s_{i+1})) / s_{i+1} and x_{i+1} = x_i + (s_{i+1} - s_i) * eps. Sampling from s_{i+1}
+    to s_i evaluates at s_{i+1} too, so both directions call the model at exactly the same sigmas.
+
+    x0: clean latent, e.g. [N, 4, h, w] (the state at ``sigmas_ascending[0]``, normally 0).
+    sigmas_ascending: [steps + 1], first >= 0, strictly ascending (see ``inversion_sigmas``).
     on_step(i, steps): called after each of the ``steps`` steps (i = 0..steps-1).
-    Returns (x_T, latents): x_T has x0's shape (in sigma space, i.e. scaled like ComfyUI's
-    noisy latents); latents is the trajectory, ``steps + 1`` tensors, latents[0] is x0 and
-    latents[i] is the state at sigmas_ascending[i].
+    Returns (x_T, latents): x_T has x0's shape (in sigma space, i.e. scaled like ComfyUI's noisy latents);
+    latents is the trajectory, ``steps + 1`` tensors, latents[0] is x0 and latents[i] the state at
+    sigmas_ascending[i].
     """
     sig = _as_sigma_list(sigmas_ascending, "sigmas_ascending")
-    if not sig[0] > 0.0:
-        raise ValueError(f"inversion must start at a sigma > 0, got {sig[0]:g} (use inversion_sigmas)")
+    if sig[0] < 0.0:
+        raise ValueError(f"inversion must start at a sigma >= 0, got {sig[0]:g} (use inversion_sigmas)")
     for i in range(len(sig) - 1):
         if not sig[i + 1] > sig[i]:
             raise ValueError(
                 f"sigmas_ascending must be strictly ascending; sigma[{i}] = {sig[i]:g}, sigma[{i + 1}] = {sig[i + 1]:g}"
             )
-    return _run(denoise_fn, x0, sig, on_step)
+    total = len(sig) - 1
+    x = x0
+    latents = [x]
+    for i in range(total):
+        s, s_next = sig[i], sig[i + 1]
+        x_in = x * math.sqrt((1.0 + s_next * s_next) / (1.0 + s * s))
+        eps = (x_in - _checked(denoise_fn(x_in, _sigma_tensor(s_next, x)), x)) / s_next
+        x = x + (s_next - s) * eps
+        latents.append(x)
+        if on_step is not None:
+            on_step(i, total)  # progress / Cancel hook: an exception raised here aborts the loop
+    return x, latents
 
 
 def ddim_sample(
@@ -159,7 +158,16 @@ def ddim_sample(
             )
     if sig[-1] < 0.0:
         raise ValueError(f"sigmas must not be negative, last is {sig[-1]:g}")
-    return _run(denoise_fn, x_T, sig, on_step)
+    total = len(sig) - 1
+    x = x_T
+    latents = [x]
+    for i in range(total):
+        denoised = _checked(denoise_fn(x, _sigma_tensor(sig[i], x)), x)
+        x = ddim_step(x, denoised, sig[i], sig[i + 1])
+        latents.append(x)
+        if on_step is not None:
+            on_step(i, total)
+    return x, latents
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -172,7 +180,7 @@ class InversionTrajectory:
 
     latents:          list of steps + 1 tensors [frames, 4, h, w] on the CPU; [0] is the clean
                       (scaled) latent, [-1] the noisiest one (x at sigma_max).
-    inversion_sigmas: ascending [steps + 1] (start sigma, then the DDIM sigmas).
+    inversion_sigmas: ascending [steps + 1]: 0, then the DDIM sigmas (sampling_sigmas reversed).
     sampling_sigmas:  descending [steps + 1] ending in 0 (ComfyUI's ddim_uniform schedule).
     latent_scale:     the model's latent scale factor (0.18215 for SD1.5): unscaled = scaled / scale.
     mode:             the attention mode of the inversion ("stem", "per_frame", "two_frame", "all_frame").
@@ -254,8 +262,7 @@ def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
     return x
 
 
-def invert_video(run: Runner, latent: torch.Tensor, sampling_sigmas: torch.Tensor, start_sigma: float,
-                 latent_scale: float, patch=None, hooks=(), on_step: StepCallback = None,
+def invert_video(run: Runner, latent: torch.Tensor, sampling_sigmas: torch.Tensor, latent_scale: float, patch=None, hooks=(), on_step: StepCallback = None,
                  requested_steps: Optional[int] = None, settings: Optional[dict] = None,
                  source_conditioning=None) -> Tuple[torch.Tensor, "InversionTrajectory"]:
     """Invert every frame of a video at once.
@@ -266,7 +273,7 @@ def invert_video(run: Runner, latent: torch.Tensor, sampling_sigmas: torch.Tenso
     (e.g. the FateZero attention store). Returns (x_T unscaled [frames, 4, h, w], the trajectory).
     """
     frames = latent.shape[0]
-    sigmas = inversion_sigmas(sampling_sigmas, start_sigma)
+    sigmas = inversion_sigmas(sampling_sigmas)
     recorded = {}
     for hook in hooks:
         hook.begin_inversion(frames, sigmas)

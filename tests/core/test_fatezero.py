@@ -182,13 +182,13 @@ def test_record_then_fuse_with_identical_inputs_is_identity():
     torch.manual_seed(0)
     frames, tokens, heads, d = 2, 16, 2, 4
     site = ("input", 7)
-    inv_sigmas = torch.tensor([0.03, 1.0, 5.0, 14.0])      # steps = 3; the model sees the first 3
+    inv_sigmas = torch.tensor([0.0, 1.0, 5.0, 14.0])      # steps = 3; step i evaluates the model at inv_sigmas[i + 1]
     samp_sigmas = torch.tensor([14.0, 5.0, 1.0, 0.0])
     rec = fz.AttentionStoreWriter([site], {site: "two_frame"})
     rec.begin_inversion(frames, inv_sigmas)
     q, k, v = (torch.randn(frames, tokens, heads * d) for _ in range(3))
     ctx_k = torch.randn(frames, 77, heads * d)
-    for step, s in enumerate(inv_sigmas[:-1].tolist()):
+    for step, s in enumerate(inv_sigmas[1:].tolist()):
         out = rec.self_replace(site)(q, k, v, _eo(site, s, frames))
         two = attn.attention(q, attn.two_frame_context(k, frames), attn.two_frame_context(v, frames), heads)
         assert torch.allclose(out, two, atol=1e-5)
@@ -220,13 +220,13 @@ def test_stem_responsibilities_are_recorded_and_reused():
     frames, tokens, c, kb = 2, 8, 6, 4
     site = ("output", 3)
     rec = fz.AttentionStoreWriter([site], {site: "stem"}, tau=0.05)
-    rec.begin_inversion(frames, torch.tensor([0.03, 2.0]))
+    rec.begin_inversion(frames, torch.tensor([0.0, 2.0]))
     n = torch.randn(frames, tokens, c)
     mu = estimate_bases(n.reshape(1, -1, c), kb, 3, 0.05).bases
     ctx = mu.expand(frames, kb, c)
-    assert rec(n, ctx, ctx, _eo(site, 0.03, frames))[1] is ctx
+    assert rec(n, ctx, ctx, _eo(site, 2.0, frames))[1] is ctx
     assert rec.store.shape(0, "resp", site) == (frames * tokens, kb)
-    assert rec(n, n, n, _eo(site, 0.03, frames))[1] is n  # no STEM bases here: nothing recorded anew
+    assert rec(n, n, n, _eo(site, 2.0, frames))[1] is n  # no STEM bases here: nothing recorded anew
     store = rec.store
     settings = fz.FusionSettings(fz.align_prompts([1], [1]), cross_steps=1, self_steps=1)
     fusion = fz.FusionPatches(store, settings, torch.tensor([2.0]), (4, 2), {site: "stem"})
@@ -266,7 +266,7 @@ def test_fatezero_store_pairing():
         return oracle(x, sigma)
 
     invert_video(lambda loop, sigmas, latent: loop(denoise, latent, sigmas), torch.randn(2, 4, 8, 8), sampling,
-                 0.0292, 1.0, hooks=[Hook()])
+                 1.0, hooks=[Hook()])
     assert sorted(recorded) == list(range(steps)), recorded
     fusion = fz.FusionPatches(writer.store, fz.FusionSettings(fz.align_prompts([1], [1]), steps, steps),
                               sampling[:-1], (8, 8))
