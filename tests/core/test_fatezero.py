@@ -274,3 +274,25 @@ def test_fatezero_store_pairing():
         sigma_j = float(sampling[j])
         assert fusion.step_of({"sigmas": torch.tensor([sigma_j])}) == j
         assert recorded[fz.store_step(j, steps)] == pytest.approx(sigma_j, rel=1e-6), (j, recorded)
+
+
+def test_fatezero_store_identity():
+    """The store keeps the responsibilities of the LAST E-step, the one whose M-step produced the bases the layer
+    used: at the first editing step the bases the edit rebuilds from the stored Z on the SOURCE features are the
+    inversion's bases at that sigma (max abs diff < 1e-5)."""
+    from comfyui_stem.stem_core.attention import VideoAttentionPatch, VideoAttentionSettings
+    torch.manual_seed(0)
+    frames, tokens, c, k = 3, 16, 8, 6
+    site, sigma = ("input", 4), 2.0
+    patch = VideoAttentionPatch(VideoAttentionSettings(num_bases=k, iterations=3, layers=(site,)))
+    writer = fz.AttentionStoreWriter([site], {site: "stem"}, tau=0.05)
+    writer.begin_inversion(frames, torch.tensor([0.0, sigma]))
+    n = torch.randn(frames, tokens, c) + torch.randn(1, 1, c) * 3  # clustered-ish features
+    eo = dict(_eo(site, sigma, frames), stem_record_responsibilities=(site,))
+    _, mu, _ = patch(n, n, n, eo)
+    writer(n, mu, mu, eo)
+    fusion = fz.FusionPatches(writer.store, fz.FusionSettings(fz.align_prompts([1], [1]), 1, 1),
+                              torch.tensor([sigma]), (4, 4), {site: "stem"})
+    _, rebuilt, _ = fusion(n, mu, mu, dict(_eo(site, sigma, frames)))
+    diff = float((rebuilt[0] - mu[0]).abs().max())
+    assert diff < 1e-5, f"bases rebuilt from the stored responsibilities differ from the inversion's by {diff}"
