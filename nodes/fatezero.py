@@ -6,6 +6,7 @@ import logging
 
 import torch
 
+from ..stem_core.attention import RECORD_RESPONSIBILITIES
 from ..stem_core.errors import STEMError
 from ..stem_core.fatezero import (AttentionStore, AttentionStoreWriter, FusionPatches, FusionSettings, align_prompts,
                                   edit_loop, equalizer, find_word, fused_steps, parse_reweight, parse_words,
@@ -61,7 +62,8 @@ class STEMAttentionStore:
                                 input_name="model", fix="apply STEM Attention Store to the model before such nodes")
         writer = AttentionStoreWriter(sites, site_modes(settings, sites), settings.tau if settings else 0.05,
                                       host.temp_subfolder("stem_attention") if keep == "temp_folder" else None)
-        host.set_attn1_patch(m, writer)  # after the STEM patch: it sees the bases as the context
+        host.set_attn1_patch(m, writer)  # after the STEM patch: it receives the bases and responsibilities
+        host.set_transformer_option(m, RECORD_RESPONSIBILITIES, tuple(s for s in sites if writer.context_at(s) == "stem"))
         for site in sites:
             host.set_replace(m, "attn1", site, writer.self_replace(site, host.existing_replace(m, "attn1", site)))
             host.set_replace(m, "attn2", site, writer.cross_replace(site))

@@ -216,6 +216,11 @@ def set_replace(model, kind, site, fn):
     setter(fn, site[0], site[1], 0)
 
 
+def set_transformer_option(model, key, value):
+    """A plain entry of a clone's transformer_options (ComfyUI hands them to every attention patch)."""
+    model.model_options.setdefault("transformer_options", {})[key] = value
+
+
 def set_object_patch(model, name, obj):
     model.add_object_patch(name, obj)
 

@@ -37,6 +37,10 @@ MODES = ("stem", "per_frame", "two_frame", "all_frame")
 VARIANTS = ("paper", "released")
 # Frames attending to all frames at once would need [frames*L, frames*L] scores; chunk query frames.
 ALL_FRAME_QUERY_CHUNK = 4
+# transformer_options key: sites whose EM responsibilities an attention store records (set by its node), and
+# the extra_options key under which the STEM patch hands them to the store's patch of the same call.
+RECORD_RESPONSIBILITIES = "stem_record_responsibilities"
+RESPONSIBILITIES = "stem_responsibilities"
 
 
 
@@ -417,10 +421,15 @@ class VideoAttentionPatch:
         s = self.settings
         bases = self._replayed(site, sigma, groups, n)
         if bases is None:
+            # An attention store records the responsibilities of the LAST E-step (those that built the bases);
+            # they are handed on in-band: ComfyUI passes one extra_options dict to every attn1 patch of a call.
+            keep = site in extra_options.get(RECORD_RESPONSIBILITIES, ())
             result = estimate_bases(x, self.effective_bases(x.shape[1]), s.iterations, s.tau, seed=s.seed,
                                     init=s.init, init_bases=self._warm_bases(key, sigma),
-                                    chunk_tokens=s.chunk_tokens)
+                                    chunk_tokens=s.chunk_tokens, return_responsibilities=keep)
             bases = result.bases  # [groups, K, C]
+            if keep:
+                extra_options[RESPONSIBILITIES] = result.responsibilities  # [groups, frames * L, K]
             self._remember(key, sigma, bases)
         self._notify(kind="bases", site=site, sigma=sigma, bases=bases, frames=frames, groups=groups)
         k = bases.shape[1]

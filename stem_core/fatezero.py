@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from . import attention as attn
 from .attention import group_rows, sigma_of, video_batch
-from .em import e_step, m_step
+from .em import m_step
 from .errors import STEMError
 from .inversion import InversionTrajectory, ddim_step
 from .sites import BLEND_MASK_SITES, SD15_KEYS, site_name, site_of
@@ -90,7 +90,8 @@ class AttentionStore:
 
     kinds: "cross" [frames, heads, HW, 77]; "self" [frames, heads, HW, Lk] (Lk = K under STEM-SA,
     HW per frame, 2 HW two-frame, frames*HW all-frame); "resp" [frames*HW, K] (the source's EM
-    responsibilities under STEM-SA). Kept as float16 on the CPU, or saved one file per entry in
+    responsibilities under STEM-SA: those of the last E-step, in float32). Maps are kept as float16 on the CPU,
+    or saved one file per entry in
     ``folder`` (deleted by :meth:`free` or when the store is garbage-collected).
     """
 
@@ -109,11 +110,11 @@ class AttentionStore:
             self.folder = tempfile.mkdtemp(prefix="stem_attention_", dir=folder)
             self._finalizer = weakref.finalize(self, shutil.rmtree, self.folder, True)
 
-    def put(self, step: int, kind: str, site, tensor: torch.Tensor):
+    def put(self, step: int, kind: str, site, tensor: torch.Tensor, dtype: torch.dtype = STORE_DTYPE):
         if self.freed:
             raise STEMError("the attention store was already freed")
         key = (int(step), kind, tuple(site))
-        t = tensor.detach().to("cpu", STORE_DTYPE).contiguous()
+        t = tensor.detach().to("cpu", dtype).contiguous()
         self._bytes[key] = t.numel() * t.element_size()
         self._shapes[key] = tuple(t.shape)
         if self.folder is not None:
@@ -459,11 +460,14 @@ class AttentionStoreWriter:
         cond_or_uncond, frames = video_batch(n.shape[0], extra_options)
         if step is None or 0 not in cond_or_uncond:
             return n, context, value
-        r = group_rows(cond_or_uncond.index(0), frames)
-        x = n[r].reshape(1, -1, n.shape[-1])
-        bases = context[r][:1]  # the STEM patch expands one group's bases to every frame
-        z = e_step(x, bases, self.tau)[0]  # [frames*HW, K]
-        self.store.put(step, "resp", site, z)
+        z = extra_options.get(attn.RESPONSIBILITIES)
+        if z is None:
+            raise STEMError(f"{site_name(site)}: no STEM responsibilities reached the attention store",
+                            input_name="model", fix="connect STEM Attention Store AFTER STEM Video Attention, "
+                                                    "directly before STEM Invert")
+        # the last E-step's responsibilities of the cond group [frames * HW, K], kept in float32: the edit rebuilds
+        # the source's bases from them exactly
+        self.store.put(step, "resp", site, z[cond_or_uncond.index(0)], dtype=torch.float32)
         return n, context, value
 
     def self_replace(self, site, wrapped=None):
