@@ -297,3 +297,36 @@ def test_fatezero_store_identity():
     _, rebuilt, _ = fusion(n, mu, mu, dict(_eo(site, sigma, frames)))
     diff = float((rebuilt[0] - mu[0]).abs().max())
     assert diff < 1e-5, f"bases rebuilt from the stored responsibilities differ from the inversion's by {diff}"
+
+
+def test_fatezero_blend_outputs():
+    """Inside the blend mask a row takes the TARGET branch's own attention OUTPUT, its own STEM-SA (its own EM
+    bases) included; outside it, the stored source probabilities applied to the target's values. With a mask of
+    ones everywhere the fused output is exactly the target's own unfused attention output."""
+    from comfyui_stem.stem_core.attention import VideoAttentionPatch, VideoAttentionSettings
+    torch.manual_seed(0)
+    frames, tokens, c, heads, k = 2, 16, 8, 2, 4
+    site, sigma = ("input", 7), 3.0
+    wq, wk, wv = (torch.randn(c, c) / c ** 0.5 for _ in range(3))
+    text = torch.randn(frames, 77, c)
+    patch = VideoAttentionPatch(VideoAttentionSettings(num_bases=k, iterations=3, layers=(site,)))
+    # inversion of the source: bases, responsibilities, self and cross maps recorded at sigma
+    writer = fz.AttentionStoreWriter([site], {site: "stem"}, tau=0.05)
+    writer.begin_inversion(frames, torch.tensor([0.0, sigma]))
+    n_src = torch.randn(frames, tokens, c)
+    eo = dict(_eo(site, sigma, frames, heads=heads), stem_record_responsibilities=(site,))
+    _, mu_src, _ = patch(n_src, n_src, n_src, eo)
+    writer(n_src, mu_src, mu_src, eo)
+    writer.self_replace(site)(n_src @ wq, mu_src @ wk, mu_src @ wv, eo)
+    writer.cross_replace(site)(n_src @ wq, text @ wk, text @ wv, eo)
+    # the edit: target features with its own bases; a blend mask of ones (threshold below every value)
+    settings = fz.FusionSettings(fz.align_prompts([1, 2], [1, 2]), 1, 1, blend_positions=(1,), blend_threshold=-1.0)
+    fusion = fz.FusionPatches(writer.store, settings, torch.tensor([sigma]), (16, 16), {site: "stem"})
+    n_tgt = n_src + 0.5 * torch.randn(frames, tokens, c)
+    patch.reset()
+    eo_edit = _eo(site, sigma, frames, heads=heads)
+    _, mu_own, _ = patch(n_tgt, n_tgt, n_tgt, eo_edit)
+    _, ctx, val = fusion(n_tgt, mu_own, mu_own, eo_edit)
+    out = fusion.self_replace(site)(n_tgt @ wq, ctx @ wk, val @ wv, eo_edit)
+    own = attn.attention(n_tgt @ wq, mu_own @ wk, mu_own @ wv, heads)
+    assert torch.allclose(out, own, atol=1e-5), float((out - own).abs().max())
