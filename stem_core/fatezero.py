@@ -6,7 +6,7 @@ What lives here (no ComfyUI import; the callables only read plain ``extra_option
 - :class:`AttentionStoreWriter`: the patches that fill a store while STEMInvert runs (attn1_patch +
   attn1_replace + attn2_replace), driven by the ``begin_inversion`` / ``finish_inversion`` seam.
 - Word alignment of source and target token ids (:func:`align_prompts`), cross-attention replace /
-  refine and per-word reweighting (:func:`fuse_cross`), self-attention replacement (:func:`fuse_self`),
+  refine and per-word reweighting (:func:`fuse_cross`), self-attention replacement (:func:`blend_outputs`),
   the blend mask (:func:`blend_mask`) and the step windows.
 - :class:`FusionPatches`: the patches of the editing branch that read the store, and
   :func:`edit_loop`, the DDIM sampling loop of the edit with FateZero's optional latent blend.
@@ -57,6 +57,8 @@ from .sites import BLEND_MASK_SITES, SD15_KEYS, site_name, site_of
 MAX_TOKENS = 77
 LATENT_BLEND_WINDOW = (0.2, 0.8)
 STORE_DTYPE = torch.float16
+# extra_options key: the fusion's attn1_patch tells its attn1_replace where the [rebuilt | own] keys split
+SPLIT_KEYS = "stem_fusion_split"
 KINDS = ("cross", "self", "resp")
 
 
@@ -306,16 +308,17 @@ def fuse_cross(p_src: torch.Tensor, p_tgt: torch.Tensor, alignment: Alignment, a
     return out
 
 
-def fuse_self(p_src: torch.Tensor, p_tgt: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Self-attention replacement: p [frames, heads, HW, Lk]; mask [frames, HW] (1 = edited region keeps
-    the target's own map) or None (the source's map everywhere)."""
-    if p_src.shape != p_tgt.shape:
-        raise STEMError(f"stored self-attention {tuple(p_src.shape)} does not match the edit's "
-                            f"{tuple(p_tgt.shape)}")
+def blend_outputs(own: torch.Tensor, from_source: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """FateZero's masked self-attention replacement on outputs: own, from_source [frames, HW, D]; mask [frames, HW]
+    (1 = edited region keeps the target's own output) or None (the source's maps everywhere). FateZero mixes the
+    probabilities and applies the edit's values (attention_util.py, AttentionControlEdit.replace_self_attention),
+    which is the same mix of outputs whenever own and source maps read the same values; under STEM they do not
+    (the source's maps read bases rebuilt from its responsibilities, the target's own attention its own bases),
+    so the outputs are blended."""
     if mask is None:
-        return p_src
-    m = mask.to(p_tgt.device, p_tgt.dtype)[:, None, :, None]
-    return m * p_tgt + (1 - m) * p_src
+        return from_source
+    m = mask.to(own.device, own.dtype)[:, :, None]
+    return m * own + (1 - m) * from_source.to(own.dtype)
 
 
 def bases_from_responsibilities(x: torch.Tensor, z: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
@@ -599,9 +602,14 @@ class FusionPatches:
                 f"as the inversion")
         x = n[r].reshape(1, -1, n.shape[-1])
         mu = bases_from_responsibilities(x, z[None], context[r][:1].to(x.dtype))
-        context = context.clone()
-        context[r] = mu.to(context.dtype).expand(frames, k, context.shape[-1])
-        return n, context, context
+        # [rebuilt | own] along the tokens: the fusion's attn1_replace applies the stored maps to the first half
+        # and computes the target's own STEM-SA output (own bases) from the second; other rows see [own | own]
+        # (duplicated keys leave softmax attention unchanged).
+        first = context.clone()
+        first[r] = mu.to(context.dtype).expand(frames, k, context.shape[-1])
+        extra_options[SPLIT_KEYS] = k
+        both = torch.cat([first, context], dim=1)
+        return n, both, both
 
     # -- attn1_replace / attn2_replace factories ------------------------------------------------
     def self_replace(self, site, wrapped=None):
@@ -634,21 +642,25 @@ class _FuseSelf:
             return self._plain(q, k, v, extra_options, heads)
         sj = store_step(j, f.steps)
         ctx = f.contexts.get(self.site, "per_frame")
-        kk, vv = attn.context_for_mode(k, frames, ctx), attn.context_for_mode(v, frames, ctx)
-        out = attn.attention(q, kk, vv, heads)
+        split = extra_options.pop(SPLIT_KEYS, None)  # STEM: [bases rebuilt from the source's Z | own bases]
+        if split is not None:
+            k_src, k_own, v_src, v_own = k[:, :split], k[:, split:], v[:, :split], v[:, split:]
+        else:
+            k_src = k_own = attn.context_for_mode(k, frames, ctx)
+            v_src = v_own = attn.context_for_mode(v, frames, ctx)
+        out = attn.attention(q, k_own, v_own, heads)  # every row's own attention (the uncond rows keep it)
         r = group_rows(cond_or_uncond.index(0), frames)
-        p_tgt = attn.attention_probs(q[r], kk[r], heads)
         p_src = f.store.get(sj, "self", self.site, device=q.device)
-        if p_src.shape != p_tgt.shape:
+        expected = (frames, heads, q.shape[1], k_src.shape[1])
+        if tuple(p_src.shape) != expected:
             raise STEMError(
                 f"{site_name(self.site)}: the stored self-attention maps are {tuple(p_src.shape)} but the edit's "
-                f"are {tuple(p_tgt.shape)}; edit with the same model / STEM Video Attention settings as the "
-                f"inversion")
+                f"are {expected}; edit with the same model / STEM Video Attention settings as the inversion")
+        from_source = attn.apply_probs(p_src, v_src[r], heads)
         hw = layer_hw(q.shape[1], f.latent_hw)
         mask = f.mask(j, hw, device=q.device)
-        p = fuse_self(p_src, p_tgt, None if mask is None else mask.reshape(frames, -1))
         out = out.clone()
-        out[r] = attn.apply_probs(p, vv[r], heads).to(out.dtype)
+        out[r] = blend_outputs(out[r], from_source, None if mask is None else mask.reshape(frames, -1)).to(out.dtype)
         return out
 
 

@@ -123,15 +123,13 @@ def test_fuse_cross_replace_refine_and_reweight():
     assert torch.allclose(fz.fuse_cross(p_src, p_tgt, rep, 0.0, eq)[..., 1], 3 * p_tgt[..., 1])
 
 
-def test_fuse_self_mask():
-    p_src, p_tgt = torch.rand(2, 3, 4, 5), torch.rand(2, 3, 4, 5)
-    assert torch.equal(fz.fuse_self(p_src, p_tgt, None), p_src)
+def test_blend_outputs_mask():
+    own, src = torch.rand(2, 4, 5), torch.rand(2, 4, 5)
+    assert torch.equal(fz.blend_outputs(own, src, None), src)
     mask = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 0]])
-    out = fz.fuse_self(p_src, p_tgt, mask)
-    assert torch.equal(out[0, :, 0], p_tgt[0, :, 0]) and torch.equal(out[0, :, 1], p_src[0, :, 1])
-    assert torch.equal(out[1], p_src[1])
-    with pytest.raises(STEMError):
-        fz.fuse_self(p_src, p_tgt[..., :4])
+    out = fz.blend_outputs(own, src, mask)
+    assert torch.equal(out[0, 0], own[0, 0]) and torch.equal(out[0, 1], src[0, 1])
+    assert torch.equal(out[1], src[1])
 
 
 def test_blend_mask_thresholds_and_shape():
@@ -234,7 +232,7 @@ def test_stem_responsibilities_are_recorded_and_reused():
     fusion = fz.FusionPatches(store, settings, torch.tensor([2.0]), (4, 2), {site: "stem"})
     _, ctx2, val2 = fusion(n, ctx, ctx, _eo(site, 2.0, frames))
     # same features as the source: the rebuilt bases are the source's M-step of its own E-step
-    assert torch.allclose(ctx2[0], mu[0], atol=1e-5) and ctx2 is val2
+    assert torch.allclose(ctx2[0, :kb], mu[0], atol=1e-5) and torch.equal(ctx2[0, kb:], ctx[0]) and ctx2 is val2
     assert not math.isnan(float(ctx2.sum()))
     rec.abort_inversion()
     assert store.freed and rec.store is None
@@ -294,7 +292,8 @@ def test_fatezero_store_identity():
     writer(n, mu, mu, eo)
     fusion = fz.FusionPatches(writer.store, fz.FusionSettings(fz.align_prompts([1], [1]), 1, 1),
                               torch.tensor([sigma]), (4, 4), {site: "stem"})
-    _, rebuilt, _ = fusion(n, mu, mu, dict(_eo(site, sigma, frames)))
+    _, context, _ = fusion(n, mu, mu, dict(_eo(site, sigma, frames)))
+    rebuilt = context[:, :k]  # the fusion hands ComfyUI [rebuilt | own] bases
     diff = float((rebuilt[0] - mu[0]).abs().max())
     assert diff < 1e-5, f"bases rebuilt from the stored responsibilities differ from the inversion's by {diff}"
 
