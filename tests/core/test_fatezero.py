@@ -329,3 +329,26 @@ def test_fatezero_blend_outputs():
     out = fusion.self_replace(site)(n_tgt @ wq, ctx @ wk, val @ wv, eo_edit)
     own = attn.attention(n_tgt @ wq, mu_own @ wk, mu_own @ wv, heads)
     assert torch.allclose(out, own, atol=1e-5), float((out - own).abs().max())
+
+
+def test_fatezero_reweight_window():
+    """Equalizer reweighting applies only inside the cross-attention replace window (FateZero: outside it the
+    blend weight of the fused map is 0 and the edit's own attention passes unchanged)."""
+    torch.manual_seed(0)
+    frames, tokens, heads, d = 2, 16, 2, 4
+    site = ("input", 7)
+    sigmas = torch.tensor([0.0, 1.0, 5.0])  # two steps; editing step 0 at 5.0, step 1 at 1.0
+    writer = fz.AttentionStoreWriter([site], {site: "per_frame"})
+    writer.begin_inversion(frames, sigmas)
+    q, text = torch.randn(frames, tokens, heads * d), torch.randn(frames, 77, heads * d)
+    for s in (1.0, 5.0):
+        writer.cross_replace(site)(q, text, text, _eo(site, s, frames, heads=heads))
+    settings = fz.FusionSettings(fz.align_prompts([1, 2], [1, 2]), cross_steps=1, self_steps=0,
+                                 eq=fz.equalizer({1: 4.0}))
+    fusion = fz.FusionPatches(writer.store, settings, torch.tensor([5.0, 1.0]), (4, 4))
+    q2 = q + 0.3 * torch.randn_like(q)
+    inside = fusion.cross_replace(site)(q2, text, text, _eo(site, 5.0, frames, heads=heads))
+    outside = fusion.cross_replace(site)(q2, text, text, _eo(site, 1.0, frames, heads=heads))
+    plain = attn.attention(q2, text, text, heads)
+    assert not torch.allclose(inside, plain, atol=1e-4)  # inside the window: replaced and reweighted
+    assert torch.allclose(outside, plain, atol=1e-6), float((outside - plain).abs().max())
