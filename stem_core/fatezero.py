@@ -294,8 +294,9 @@ def fuse_cross(p_src: torch.Tensor, p_tgt: torch.Tensor, alignment: Alignment, a
     """Cross-attention fusion of one step. p_src, p_tgt [..., 77] -> [..., 77].
 
     alpha 1 (inside the cross window): target position j reads the source's map at mapper[j] where
-    alphas[j] = 1, its own map elsewhere; alpha 0: the target's own maps. eq multiplies afterwards
-    (reweighting, p2p's equalizer) at every step.
+    alphas[j] = 1, its own map elsewhere; alpha 0: the target's own maps. eq multiplies the fused map afterwards
+    (reweighting, p2p's equalizer); the editing patches call this only inside the cross window, as FateZero's
+    AttentionReweight is reached only there (attention_util.py, AttentionControlEdit.forward).
     """
     out = p_tgt
     if alpha > 0:
@@ -676,7 +677,7 @@ class _FuseCross:
         heads = int(extra_options["n_heads"])
         j = f.step_of(extra_options) if f.store is not None else None
         s = f.settings if f.store is not None else None
-        if j is None or (j >= s.cross_steps and s.eq is None):
+        if j is None or j >= s.cross_steps:  # outside the window: the edit's own attention, not reweighted
             return attn.attention(q, k, v, heads)
         cond_or_uncond, frames = video_batch(q.shape[0], extra_options)
         if 0 not in cond_or_uncond:
@@ -687,11 +688,8 @@ class _FuseCross:
         if p_tgt.shape[-1] != s.alignment.mapper.shape[0]:
             raise STEMError(f"the target conditioning has {p_tgt.shape[-1]} tokens; FateZero editing supports "
                                 f"one {MAX_TOKENS}-token chunk (prompts up to 75 tokens)")
-        if j < s.cross_steps:
-            p_src = f.store.get(store_step(j, f.steps), "cross", self.site, device=q.device)
-            p = fuse_cross(p_src, p_tgt, s.alignment, 1.0, s.eq)
-        else:
-            p = fuse_cross(p_tgt, p_tgt, s.alignment, 0.0, s.eq)
+        p_src = f.store.get(store_step(j, f.steps), "cross", self.site, device=q.device)
+        p = fuse_cross(p_src, p_tgt, s.alignment, 1.0, s.eq)
         out[r] = attn.apply_probs(p, v[r], heads).to(out.dtype)
         return out
 
