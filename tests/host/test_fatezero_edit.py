@@ -248,3 +248,21 @@ def test_stem_store_is_10x_smaller_than_all_token_self_attention(comfy_host, tin
     print("store bytes", sizes, "ratios", sizes["plain"] / sizes["stem"], sizes["two_frame"] / sizes["stem"])
     assert sizes["plain"] >= 10 * sizes["stem"]
     assert sizes["two_frame"] >= 10 * sizes["stem"]
+
+
+def test_fatezero_replace_by_words(tiny, node, stem_run):
+    """Replace or refine is decided by WORD count, as FateZero's p2preplace_edit does, not by token count:
+    the same number of words is replace even when a word's token count changes, and a different number of
+    words is refine even when the token counts agree ("tiger" vs "golden retriever" is refine)."""
+    clip, traj, patched = tiny[1], stem_run["traj"], stem_run["patched"]
+
+    def mode(target):
+        with torch.no_grad():
+            info = edit(node, patched, traj, clip, target=target, cross=0.2, self_=0.2, cfg=1.0, steps=STEPS)[2]
+        return info.split("(", 1)[1].split(",", 1)[0]
+
+    # SOURCE "a wolf standing in the snow": 6 words, 6 tokens
+    assert mode("a photorealistic standing in the snow") == "replace"   # 6 words, 7 tokens
+    assert mode("a photorealistic wolf in snow") == "refine"            # 5 words, 6 tokens
+    assert mode("a golden retriever standing in the snow") == "refine"  # 7 words
+    assert mode("a fox standing in the snow") == "replace"
