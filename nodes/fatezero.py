@@ -189,9 +189,10 @@ class STEMFateZeroEdit:
         if not str(source_prompt).strip() or not str(target_prompt).strip():
             raise STEMError("source_prompt and target_prompt must not be empty (the source prompt is the one used "
                             "for the inversion)")
-        src_ids = host.prompt_token_ids(clip, source_prompt, "source_prompt")
-        tgt_ids = host.prompt_token_ids(clip, target_prompt, "target_prompt")
-        alignment = align_prompts(src_ids, tgt_ids)
+        src_words = host.prompt_word_token_ids(clip, source_prompt, "source_prompt")
+        tgt_words = host.prompt_word_token_ids(clip, target_prompt, "target_prompt")
+        src_ids, tgt_ids = [t for w in src_words for t in w], [t for w in tgt_words for t in w]
+        alignment = align_prompts(src_words, tgt_words)
         blend = _positions(clip, src_ids, parse_words(blend_words), source_prompt, "blend_words")
         weights = {pos: wgt for word, wgt in parse_reweight(reweight)
                    for pos in _positions(clip, tgt_ids, [word], target_prompt, "reweight")[word]}
@@ -214,7 +215,8 @@ class STEMFateZeroEdit:
         h, w = trajectory.latent_size
         if mask is None:
             mask = torch.ones(trajectory.frames, 8 * h, 8 * w)
-        info = (f"STEM FateZero edit ({alignment.mode}, {len(src_ids)} -> {len(tgt_ids)} tokens): cross-attention "
+        info = (f"STEM FateZero edit ({alignment.mode}, {len(src_words)} -> {len(tgt_words)} words, {len(src_ids)} -> "
+                f"{len(tgt_ids)} tokens): cross-attention "
                 f"fused in steps 0..{settings.cross_steps - 1}, self-attention in 0..{settings.self_steps - 1} of "
                 f"{n_steps}; {store.describe()}")
         if release_store:

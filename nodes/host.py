@@ -121,6 +121,18 @@ def encode_prompt(clip, text):
     return [[cond, {"pooled_output": pooled}]]
 
 
+def prompt_word_token_ids(clip, text, what):
+    """The token ids of each space-separated word of a prompt (FateZero and prompt-to-prompt count words by
+    ``prompt.split(' ')``); their concatenation is the prompt's content tokens."""
+    words = [w for w in str(text).split(" ") if w]
+    out = [prompt_token_ids(clip, w, what) for w in words]
+    whole = prompt_token_ids(clip, text, what)
+    if [t for w in out for t in w] != whole:
+        logging.warning("[STEM] %s: tokenizing word by word differs from the whole prompt; word alignment follows "
+                        "the words", what)
+    return out
+
+
 def prompt_token_ids(clip, text, what):
     """Content token ids of the first tokenizer (SD1: 'l') without start/end/padding tokens."""
     tokens = clip.tokenize(text)

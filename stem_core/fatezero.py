@@ -201,53 +201,107 @@ def find_word(prompt_ids, word_ids) -> list:
 
 @dataclass
 class Alignment:
-    """mapper[j]: the source position whose map target position j takes; alphas[j] 1 where it does."""
-    mode: str              # "replace" (same token count) or "refine"
-    mapper: torch.Tensor   # long [length]
-    alphas: torch.Tensor   # float [length]
+    """How the target's cross-attention columns read the source's maps (prompt-to-prompt / FateZero).
 
-
-def _lcs_pairs(a, b):
-    """Index pairs (i, j) of a longest common subsequence of a and b (deterministic)."""
-    n, m = len(a), len(b)
-    table = [[0] * (m + 1) for _ in range(n + 1)]
-    for i in range(n - 1, -1, -1):
-        for j in range(m - 1, -1, -1):
-            table[i][j] = table[i + 1][j + 1] + 1 if a[i] == b[j] else max(table[i + 1][j], table[i][j + 1])
-    pairs, i, j = [], 0, 0
-    while i < n and j < m:
-        if a[i] == b[j]:
-            pairs.append((i, j))
-            i, j = i + 1, j + 1
-        elif table[i + 1][j] >= table[i][j + 1]:
-            i += 1
-        else:
-            j += 1
-    return pairs
-
-
-def align_prompts(source_ids, target_ids, length: int = MAX_TOKENS) -> Alignment:
-    """Word alignment of FateZero / prompt-to-prompt.
-
-    Same token count: "replace", the identity (target token j takes source token j's map, so a swapped
-    word inherits the old word's layout). Otherwise "refine": tokens common to both prompts (a longest
-    common subsequence) take the source's map, new target tokens keep their own (alpha 0). The start
-    token and the end/padding tokens always map onto the source's (alpha 1).
+    matrix[s, t]: weight of source position s in target position t's fused map; alphas[t] 1 where the target
+    column takes the source's (mapped) map, 0 where it keeps its own. Positions are in the 77-token sequence.
     """
-    src, tgt = list(source_ids), list(target_ids)
+    mode: str               # "replace" (same number of words) or "refine"
+    matrix: torch.Tensor    # float [length, length]
+    alphas: torch.Tensor    # float [length]
+
+
+def _flatten(words):
+    return [t for w in words for t in w]
+
+
+def _tail(matrix, alphas, src_len, tgt_len, length):
+    """End token and padding: target position t maps to the source's position at the same distance from the
+    end of the prompt (end token onto end token), clipped to the sequence."""
+    for t in range(1 + tgt_len, length):
+        matrix[min(length - 1, t + src_len - tgt_len), t] = 1.0
+        alphas[t] = 1.0
+
+
+def replacement_matrix(source_words, target_words, length: int = MAX_TOKENS) -> torch.Tensor:
+    """prompt-to-prompt's replacement mapper (seq_aligner.get_replacement_mapper_) for prompts of the same number
+    of words: equal words map token to token; a replaced word maps token to token when both have the same token
+    count, else every source token of the word gives 1/T of its map to each of the T target tokens. The start
+    token maps to itself; end and padding as :func:`_tail`. Unlike the reference, tokens after the last replaced
+    word keep pairing with their own word's tokens (the reference pairs them by absolute index, which shifts them
+    by the length difference)."""
+    m = torch.zeros(length, length)
+    m[0, 0] = 1.0
+    i = j = 1
+    for src, tgt in zip(source_words, target_words):
+        if len(src) == len(tgt):
+            for a in range(len(src)):
+                m[i + a, j + a] = 1.0
+        else:
+            m[i:i + len(src), j:j + len(tgt)] = 1.0 / len(tgt)
+        i, j = i + len(src), j + len(tgt)
+    alphas = torch.zeros(length)
+    alphas[:j] = 1.0
+    _tail(m, alphas, i - 1, j - 1, length)
+    return m, alphas
+
+
+def global_alignment(x, y, gap: int = 0, match: int = 1, mismatch: int = -1) -> list:
+    """Needleman-Wunsch alignment of token sequences with prompt-to-prompt's scores and tie-break order
+    (seq_aligner.global_align / get_aligned_sequences: a target insertion before a source deletion before the
+    diagonal) -> for every position of y, the aligned position of x or -1."""
+    n, m = len(x), len(y)
+    score = [[0] * (m + 1) for _ in range(n + 1)]
+    trace = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(1, n + 1):
+        score[i][0], trace[i][0] = i * gap, 2
+    for j in range(1, m + 1):
+        score[0][j], trace[0][j] = j * gap, 1
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            left, up = score[i][j - 1] + gap, score[i - 1][j] + gap
+            diag = score[i - 1][j - 1] + (match if x[i - 1] == y[j - 1] else mismatch)
+            best = max(left, up, diag)
+            score[i][j] = best
+            trace[i][j] = 1 if best == left else (2 if best == up else 3)
+    out = [-1] * m
+    i, j = n, m
+    while i > 0 or j > 0:
+        if trace[i][j] == 3:
+            out[j - 1] = i - 1
+            i, j = i - 1, j - 1
+        elif trace[i][j] == 1:
+            j -= 1
+        else:
+            i -= 1
+    return out
+
+
+def refinement_matrix(source_ids, target_ids, length: int = MAX_TOKENS):
+    """prompt-to-prompt's refinement mapper (seq_aligner.get_refinement_mapper): tokens aligned by
+    :func:`global_alignment` over the whole sequences (start and end tokens included) take the source's map,
+    inserted target tokens keep their own (alpha 0); padding maps to itself."""
+    x, y = [-2] + list(source_ids) + [-3], [-2] + list(target_ids) + [-3]  # start / end markers
+    aligned = global_alignment(x, y)
+    m, alphas = torch.zeros(length, length), torch.zeros(length)
+    for t, s in enumerate(aligned):
+        if s >= 0:
+            m[s, t], alphas[t] = 1.0, 1.0
+    for t in range(len(y), length):
+        m[t, t], alphas[t] = 1.0, 1.0
+    return m, alphas
+
+
+def align_prompts(source_words, target_words, length: int = MAX_TOKENS) -> Alignment:
+    """FateZero's choice (p2p_ddim_spatial_temporal.py, p2preplace_edit): the same number of words (the prompt
+    split on spaces) is "replace" (:func:`replacement_matrix`), a different number "refine"
+    (:func:`refinement_matrix`). source_words / target_words: the token ids of each word, without start/end."""
+    src, tgt = _flatten(source_words), _flatten(target_words)
     if len(src) + 2 > length or len(tgt) + 2 > length:
         raise STEMError(f"prompts must fit in {length - 2} tokens (source {len(src)}, target {len(tgt)})")
-    if len(src) == len(tgt):
-        return Alignment("replace", torch.arange(length), torch.ones(length))
-    mapper = torch.zeros(length, dtype=torch.long)
-    alphas = torch.zeros(length)
-    mapper[0], alphas[0] = 0, 1.0
-    for i, j in _lcs_pairs(src, tgt):
-        mapper[1 + j], alphas[1 + j] = 1 + i, 1.0
-    for j in range(1 + len(tgt), length):  # end token and padding
-        mapper[j] = min(length - 1, 1 + len(src) + (j - 1 - len(tgt)))
-        alphas[j] = 1.0
-    return Alignment("refine", mapper, alphas)
+    if len(source_words) == len(target_words):
+        return Alignment("replace", *replacement_matrix(source_words, target_words, length))
+    return Alignment("refine", *refinement_matrix(src, tgt, length))
 
 
 def parse_reweight(text: str) -> list:
@@ -300,7 +354,7 @@ def fuse_cross(p_src: torch.Tensor, p_tgt: torch.Tensor, alignment: Alignment, a
     """
     out = p_tgt
     if alpha > 0:
-        mapped = p_src.index_select(-1, alignment.mapper.to(p_src.device))
+        mapped = torch.matmul(p_src, alignment.matrix.to(p_src.device, p_src.dtype))
         a = alignment.alphas.to(p_tgt.device, p_tgt.dtype)
         replaced = mapped * a + p_tgt * (1 - a)
         out = replaced * alpha + p_tgt * (1 - alpha)
@@ -685,7 +739,7 @@ class _FuseCross:
         r = group_rows(cond_or_uncond.index(0), frames)
         out = attn.attention(q, k, v, heads).clone()
         p_tgt = attn.attention_probs(q[r], k[r], heads)
-        if p_tgt.shape[-1] != s.alignment.mapper.shape[0]:
+        if p_tgt.shape[-1] != s.alignment.matrix.shape[0]:
             raise STEMError(f"the target conditioning has {p_tgt.shape[-1]} tokens; FateZero editing supports "
                                 f"one {MAX_TOKENS}-token chunk (prompts up to 75 tokens)")
         p_src = f.store.get(store_step(j, f.steps), "cross", self.site, device=q.device)

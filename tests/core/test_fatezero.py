@@ -74,24 +74,40 @@ def test_spilled_store_is_deleted_when_collected(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- alignment
 
-def test_alignment_replace_for_equal_lengths():
-    al = fz.align_prompts([10, 11, 12], [10, 99, 12])
+def _source_of(al):
+    """For each target position, the source position it reads (-1 where it keeps its own map)."""
+    return [int(al.matrix[:, t].argmax()) if float(al.alphas[t]) > 0 else -1 for t in range(al.matrix.shape[1])]
+
+
+def test_alignment_replace_for_the_same_number_of_words():
+    al = fz.align_prompts([[10], [11], [12]], [[10], [99], [12]])
     assert al.mode == "replace"
-    assert torch.equal(al.mapper, torch.arange(77)) and bool((al.alphas == 1).all())
+    assert torch.equal(al.matrix, torch.eye(77)) and bool((al.alphas == 1).all())
+    # a replaced word with another token count spreads 1/T of the source word's map over its T tokens
+    al = fz.align_prompts([[1], [2], [3]], [[1], [5, 6], [3]])
+    assert al.mode == "replace"
+    assert al.matrix[2, 2] == al.matrix[2, 3] == 0.5 and float(al.matrix[:, 2].sum()) == 0.5
+    assert _source_of(al)[:6] == [0, 1, 2, 2, 3, 4]  # the last word and the end token keep their own pairing
+    al = fz.align_prompts([[1], [5, 6], [3]], [[1], [2], [3]])
+    assert al.matrix[2, 2] == al.matrix[3, 2] == 1.0 and _source_of(al)[:5] == [0, 1, 2, 4, 5]
 
 
-def test_alignment_refine_for_unequal_lengths():
+def test_alignment_refine_for_another_number_of_words():
     # source "a cat on mat" -> target "a big cat on red mat"
-    src = [1, 2, 3, 4]
-    tgt = [1, 7, 2, 3, 8, 4]
-    al = fz.align_prompts(src, tgt)
+    al = fz.align_prompts([[1], [2], [3], [4]], [[1], [7], [2], [3], [8], [4]])
     assert al.mode == "refine"
-    # position 0 is the start token; content tokens start at 1
-    assert al.mapper[:7].tolist() == [0, 1, 0, 2, 3, 0, 4]
-    assert al.alphas[:7].tolist() == [1, 1, 0, 1, 1, 0, 1]
-    # end token of the target (position 7) maps onto the source's end token (position 5)
-    assert int(al.mapper[7]) == 5 and float(al.alphas[7]) == 1
-    assert int(al.mapper[76]) == 74
+    # start token, content, end token: inserted words keep their own maps (alpha 0)
+    assert _source_of(al)[:8] == [0, 1, -1, 2, 3, -1, 4, 5]
+    assert _source_of(al)[8:] == list(range(8, 77))  # padding maps to itself, as prompt-to-prompt does
+    # "tiger" vs "golden retriever" is refine (another number of words), even though tokens differ either way
+    assert fz.align_prompts([[1], [20], [3]], [[1], [21], [22], [3]]).mode == "refine"
+
+
+def test_global_alignment_tie_break():
+    """prompt-to-prompt's order on ties: target insertion, then source deletion, then the diagonal."""
+    assert fz.global_alignment([1, 2, 3], [1, 3]) == [0, 2]
+    assert fz.global_alignment([1, 2], [2, 1]) in ([-1, 0], [1, -1])
+    assert fz.global_alignment([5, 5], [5]) == [0]  # a source deletion wins the tie at the end
 
 
 def test_find_word_and_parsers():
@@ -112,10 +128,10 @@ def test_find_word_and_parsers():
 def test_fuse_cross_replace_refine_and_reweight():
     p_src = torch.rand(2, 4, 9, 77).softmax(-1)
     p_tgt = torch.rand(2, 4, 9, 77).softmax(-1)
-    rep = fz.align_prompts([1, 2], [1, 3])
+    rep = fz.align_prompts([[1], [2]], [[1], [3]])
     assert torch.equal(fz.fuse_cross(p_src, p_tgt, rep, 1.0), p_src)
     assert torch.equal(fz.fuse_cross(p_src, p_tgt, rep, 0.0), p_tgt)
-    ref = fz.align_prompts([1, 2], [1, 5, 2])
+    ref = fz.align_prompts([[1], [2]], [[1], [5], [2]])
     out = fz.fuse_cross(p_src, p_tgt, ref, 1.0)
     assert torch.equal(out[..., 2], p_tgt[..., 2])      # the new word keeps its own map
     assert torch.equal(out[..., 3], p_src[..., 2])      # the shared word takes the source's
@@ -199,7 +215,7 @@ def test_record_then_fuse_with_identical_inputs_is_identity():
     store = Traj.extras["attention_store"]
     assert rec.store is None and store.steps == 3
     assert store.shape(0, "self", site) == (frames, heads, tokens, 2 * tokens)
-    settings = fz.FusionSettings(fz.align_prompts([1], [2]), cross_steps=3, self_steps=3)
+    settings = fz.FusionSettings(fz.align_prompts([[1]], [[2]]), cross_steps=3, self_steps=3)
     fusion = fz.FusionPatches(store, settings, samp_sigmas[:-1], (4, 4), {site: "two_frame"})
     # editing step 1 (sigma 5) reads inversion step 1 (sigma 1.0 -> 5.0 interval)
     eo = _eo(site, 5.0, frames, groups=(1, 0))
@@ -228,7 +244,7 @@ def test_stem_responsibilities_are_recorded_and_reused():
     assert rec.store.shape(0, "resp", site) == (frames * tokens, kb)
     assert rec(n, n, n, _eo(site, 2.0, frames))[1] is n  # no STEM bases here: nothing recorded anew
     store = rec.store
-    settings = fz.FusionSettings(fz.align_prompts([1], [1]), cross_steps=1, self_steps=1)
+    settings = fz.FusionSettings(fz.align_prompts([[1]], [[1]]), cross_steps=1, self_steps=1)
     fusion = fz.FusionPatches(store, settings, torch.tensor([2.0]), (4, 2), {site: "stem"})
     _, ctx2, val2 = fusion(n, ctx, ctx, _eo(site, 2.0, frames))
     # same features as the source: the rebuilt bases are the source's M-step of its own E-step
@@ -267,7 +283,7 @@ def test_fatezero_store_pairing():
     invert_video(lambda loop, sigmas, latent: loop(denoise, latent, sigmas), torch.randn(2, 4, 8, 8), sampling,
                  1.0, hooks=[Hook()])
     assert sorted(recorded) == list(range(steps)), recorded
-    fusion = fz.FusionPatches(writer.store, fz.FusionSettings(fz.align_prompts([1], [1]), steps, steps),
+    fusion = fz.FusionPatches(writer.store, fz.FusionSettings(fz.align_prompts([[1]], [[1]]), steps, steps),
                               sampling[:-1], (8, 8))
     for j in range(steps):
         sigma_j = float(sampling[j])
@@ -290,7 +306,7 @@ def test_fatezero_store_identity():
     eo = dict(_eo(site, sigma, frames), stem_record_responsibilities=(site,))
     _, mu, _ = patch(n, n, n, eo)
     writer(n, mu, mu, eo)
-    fusion = fz.FusionPatches(writer.store, fz.FusionSettings(fz.align_prompts([1], [1]), 1, 1),
+    fusion = fz.FusionPatches(writer.store, fz.FusionSettings(fz.align_prompts([[1]], [[1]]), 1, 1),
                               torch.tensor([sigma]), (4, 4), {site: "stem"})
     _, context, _ = fusion(n, mu, mu, dict(_eo(site, sigma, frames)))
     rebuilt = context[:, :k]  # the fusion hands ComfyUI [rebuilt | own] bases
@@ -319,7 +335,7 @@ def test_fatezero_blend_outputs():
     writer.self_replace(site)(n_src @ wq, mu_src @ wk, mu_src @ wv, eo)
     writer.cross_replace(site)(n_src @ wq, text @ wk, text @ wv, eo)
     # the edit: target features with its own bases; a blend mask of ones (threshold below every value)
-    settings = fz.FusionSettings(fz.align_prompts([1, 2], [1, 2]), 1, 1, blend_positions=(1,), blend_threshold=-1.0)
+    settings = fz.FusionSettings(fz.align_prompts([[1], [2]], [[1], [2]]), 1, 1, blend_positions=(1,), blend_threshold=-1.0)
     fusion = fz.FusionPatches(writer.store, settings, torch.tensor([sigma]), (16, 16), {site: "stem"})
     n_tgt = n_src + 0.5 * torch.randn(frames, tokens, c)
     patch.reset()
@@ -343,7 +359,7 @@ def test_fatezero_reweight_window():
     q, text = torch.randn(frames, tokens, heads * d), torch.randn(frames, 77, heads * d)
     for s in (1.0, 5.0):
         writer.cross_replace(site)(q, text, text, _eo(site, s, frames, heads=heads))
-    settings = fz.FusionSettings(fz.align_prompts([1, 2], [1, 2]), cross_steps=1, self_steps=0,
+    settings = fz.FusionSettings(fz.align_prompts([[1], [2]], [[1], [2]]), cross_steps=1, self_steps=0,
                                  eq=fz.equalizer({1: 4.0}))
     fusion = fz.FusionPatches(writer.store, settings, torch.tensor([5.0, 1.0]), (4, 4))
     q2 = q + 0.3 * torch.randn_like(q)

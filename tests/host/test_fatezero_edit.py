@@ -59,24 +59,27 @@ def test_word_alignment_with_the_real_sd1_tokenizer(comfy_host, tiny, glue):
     host = glue("host")
     clip = tiny[1]
     ids = lambda text: host.prompt_token_ids(clip, text, "prompt")  # noqa: E731
+    words = lambda text: host.prompt_word_token_ids(clip, text, "prompt")  # noqa: E731
     src = ids("a cat sitting on the mat")
     assert len(src) == 6 and 49406 not in src and 49407 not in src
-    # equal token counts: replace, position j -> j ("dog" takes the map of "cat")
-    al = fz.align_prompts(src, ids("a dog sitting on the mat"))
-    assert al.mode == "replace" and torch.equal(al.mapper, torch.arange(77))
-    # unequal: refine; shared words map to their source positions, new words keep their own maps
+    assert [t for w in words("a cat sitting on the mat") for t in w] == src
+    # the same number of words: replace, position j -> j ("dog" takes the map of "cat")
+    al = fz.align_prompts(words("a cat sitting on the mat"), words("a dog sitting on the mat"))
+    assert al.mode == "replace" and torch.equal(al.matrix, torch.eye(77))
+    # another number of words: refine; shared words map to their source positions, new words keep their own maps
     tgt_text = "a fluffy white cat on the mat"
     tgt = ids(tgt_text)
-    al = fz.align_prompts(src, tgt)
+    al = fz.align_prompts(words("a cat sitting on the mat"), words(tgt_text))
     assert al.mode == "refine"
+    source_of = lambda t: int(al.matrix[:, t].argmax())  # noqa: E731
     cat_t, cat_s = fz.find_word(tgt, ids("cat")), fz.find_word(src, ids("cat"))
-    assert cat_t == [4] and cat_s == [2] and int(al.mapper[4]) == 2 and float(al.alphas[4]) == 1
+    assert cat_t == [4] and cat_s == [2] and source_of(4) == 2 and float(al.alphas[4]) == 1
     for new_word in ("fluffy", "white"):
         (p,) = fz.find_word(tgt, ids(new_word))
         assert float(al.alphas[p]) == 0
     (mat_t,), (mat_s,) = fz.find_word(tgt, ids("mat")), fz.find_word(src, ids("mat"))
-    assert (mat_t, mat_s) == (7, 6) and int(al.mapper[mat_t]) == mat_s
-    assert int(al.mapper[len(tgt) + 1]) == len(src) + 1  # end token onto end token
+    assert (mat_t, mat_s) == (7, 6) and source_of(mat_t) == mat_s
+    assert source_of(len(tgt) + 1) == len(src) + 1  # end token onto end token
     # a word of two BPE tokens and a word followed by punctuation are found as a whole
     p = ids("a photorealistic jeep, driving")
     assert len(ids("photorealistic")) == 2 and fz.find_word(p, ids("photorealistic")) == [2, 3]
@@ -155,7 +158,7 @@ def test_blend_mask_from_stored_attention(comfy_host, tiny, stem_run, glue):
     ones = fz.blend_mask(words, (SIZE, SIZE), float(norm.min()) - 1e-4)
     assert ones.shape == (FRAMES, SIZE, SIZE) and bool((ones == 1).all())
     # the node's per-step masks (what its MASK output averages) follow the same rule
-    settings = fz.FusionSettings(fz.align_prompts(src_ids, src_ids), 0, 0, blend_positions=tuple(pos),
+    settings = fz.FusionSettings(fz.align_prompts([src_ids], [src_ids]), 0, 0, blend_positions=tuple(pos),
                                  blend_threshold=1.0)
     fusion = fz.FusionPatches(store, settings, traj.sampling_sigmas[:-1], traj.latent_size)
     assert all(float(fusion.mask(j, (SIZE, SIZE)).sum()) == 0 for j in range(STEPS))
