@@ -368,3 +368,45 @@ def test_fatezero_reweight_window():
     plain = attn.attention(q2, text, text, heads)
     assert not torch.allclose(inside, plain, atol=1e-4)  # inside the window: replaced and reweighted
     assert torch.allclose(outside, plain, atol=1e-6), float((outside - plain).abs().max())
+
+
+def test_fatezero_latent_blend_union():
+    """FateZero's latent blend keeps the edit inside the UNION of the source words' mask (from the stored source
+    cross-attention) and the target words' mask (from the running sum of the edit's own, pre-fusion,
+    cross-attention: spatial_blend.py SpatialBlender with prompt_choose 'both'). Here the source word attends to
+    the left half and the target word to the right half: after a blending step neither half is reset to the
+    source latent."""
+    from comfyui_stem.stem_core.inversion import InversionTrajectory
+    torch.manual_seed(0)
+    frames, heads, d, steps = 2, 2, 4, 5
+    site, hw = ("input", 7), (4, 4)  # a 16x16-latent blend site: 4x4 tokens
+    left = torch.zeros(4, 4)
+    left[:, :2] = 1
+    store = fz.AttentionStore(steps, frames)
+    src_map = torch.full((frames, heads, 16, 77), 0.001)
+    src_map[..., 1] += left.reshape(-1)[None, None] * 0.9       # source word (position 1) on the left half
+    for i in range(steps):
+        store.put(i, "cross", site, src_map)
+    # the edit's text keys: position 2 (the target word) answers queries of the right half
+    text = torch.zeros(frames, 77, heads * d)
+    text[:, 2, 0] = 1.0
+    q = torch.zeros(frames, 16, heads * d)
+    q[:, (1 - left).reshape(-1).bool(), 0] = 20.0
+    sampling = torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5, 0.0])
+    latents = [torch.zeros(frames, 4, 16, 16) for _ in range(steps + 1)]  # the source stays at 0
+    traj = InversionTrajectory(latents=latents, inversion_sigmas=sampling.flip(0), sampling_sigmas=sampling,
+                               latent_scale=1.0, mode="per_frame", settings={})
+    settings = fz.FusionSettings(fz.align_prompts([[1], [2]], [[1], [3]]), cross_steps=steps, self_steps=0,
+                                 blend_positions=(1,), target_blend_positions=(2,), blend_threshold=0.3)
+    fusion = fz.FusionPatches(store, settings, sampling[:-1], (16, 16))
+    seen = {}
+
+    def denoise(x, sigma):
+        seen[round(float(sigma), 3)] = x.clone()
+        fusion.cross_replace(site)(q, text, text, _eo(site, float(sigma), frames, heads=heads))
+        return torch.full_like(x, 5.0)  # the edit moves every pixel away from the source (0)
+
+    fz.edit_loop(traj, fusion, latent_blend=True)(denoise, latents[-1].clone(), sampling)
+    blended = seen[1.0]  # the state after editing step 2, a latent-blend step (0.2 * 5 < 3 < 0.8 * 5)
+    assert float(blended[..., :, :8].abs().min()) > 0.1, "source-word region reset to the source"
+    assert float(blended[..., :, 8:].abs().min()) > 0.1, "target-word region reset to the source"
