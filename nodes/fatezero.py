@@ -9,8 +9,8 @@ import torch
 from ..stem_core.attention import RECORD_RESPONSIBILITIES
 from ..stem_core.errors import STEMError
 from ..stem_core.fatezero import (AttentionStore, AttentionStoreWriter, FusionPatches, FusionSettings, align_prompts,
-                                  edit_loop, equalizer, find_word, fused_steps, parse_reweight, parse_words,
-                                  site_modes)
+                                  differing_words, edit_loop, equalizer, find_word, fused_steps, parse_reweight,
+                                  parse_words, site_modes)
 from ..stem_core.inversion import InversionTrajectory
 from ..stem_core.sites import parse_layers, site_name
 from . import host
@@ -177,11 +177,15 @@ class STEMFateZeroEdit:
             "release_store": ("BOOLEAN", {"default": False, "tooltip":
                 "Free the stored attention after this edit (saves RAM; a later edit of the same trajectory then "
                 "needs a new inversion)."}),
+            "target_blend_words": ("STRING", {"default": "", "tooltip":
+                "Target-prompt words whose attention in the edit widens the latent blend mask (FateZero blends "
+                "inside source words OR target words). Empty: the words of the target prompt that are not in the "
+                "source prompt."}),
         }}
 
     def edit(self, model, trajectory, clip, source_prompt, target_prompt, blend_words, blend_threshold,
              cross_replace_steps, self_replace_steps, reweight, cfg, steps, latent_blend=False,
-             release_store=False):
+             release_store=False, target_blend_words=""):
         host.require_sd15(model, self.TITLE)
         store = _stored(trajectory)
         host.check_steps(steps)
@@ -196,12 +200,17 @@ class STEMFateZeroEdit:
         blend = _positions(clip, src_ids, parse_words(blend_words), source_prompt, "blend_words")
         weights = {pos: wgt for word, wgt in parse_reweight(reweight)
                    for pos in _positions(clip, tgt_ids, [word], target_prompt, "reweight")[word]}
+        target_blend = {}
+        if latent_blend:
+            chosen = parse_words(target_blend_words) or differing_words(source_prompt, target_prompt)
+            target_blend = _positions(clip, tgt_ids, chosen, target_prompt, "target_blend_words")
         n_steps = trajectory.steps  # the schedule's real step count (ddim_uniform may add one)
         settings = FusionSettings(
             alignment=alignment, cross_steps=fused_steps(cross_replace_steps, n_steps),
             self_steps=fused_steps(self_replace_steps, n_steps),
             blend_positions=tuple(sorted({p for ps in blend.values() for p in ps})),
-            blend_threshold=float(blend_threshold), eq=equalizer(weights))
+            blend_threshold=float(blend_threshold), eq=equalizer(weights),
+            target_blend_positions=tuple(sorted({p for ps in target_blend.values() for p in ps})))
         m, fusion = fusion_clone(model, trajectory, store, settings)
         run = host.sampler_runner(m, host.encode_prompt(clip, target_prompt), host.encode_prompt(clip, ""), float(cfg))
         try:

@@ -324,6 +324,13 @@ def parse_reweight(text: str) -> list:
     return out
 
 
+def differing_words(source_prompt: str, target_prompt: str) -> list:
+    """The target prompt's words (split on spaces) that the source prompt does not have: the default target blend
+    words (the edited words)."""
+    source = set(str(source_prompt).split())
+    return [w for w in dict.fromkeys(str(target_prompt).split()) if w not in source]
+
+
 def parse_words(text: str) -> list:
     """'red car, hat' -> ['red car', 'hat'] (comma separated; a phrase is located as a whole)."""
     return [w.strip() for w in str(text or "").replace(";", ",").split(",") if w.strip()]
@@ -574,6 +581,7 @@ class FusionSettings:
     blend_positions: tuple = ()      # source positions of the blend words (empty: no mask)
     blend_threshold: float = 0.3
     eq: torch.Tensor | None = None   # reweighting of the target's cross-attention
+    target_blend_positions: tuple = ()  # target positions of the target blend words (latent blend only)
 
 
 class FusionPatches:
@@ -597,6 +605,7 @@ class FusionPatches:
         chosen = [s for s in blend_sites if s in store.sites("cross")]
         self.blend_sites = tuple(chosen) if chosen else store.sites("cross")
         self._masks = {}
+        self._target_sum = {}  # blend site -> running sum over editing steps of the target words' map [frames, HW]
         self.mask_sum = None
         self.mask_count = 0
 
@@ -607,6 +616,7 @@ class FusionPatches:
         """Drop every reference to the store and cached masks (called when the edit finishes)."""
         self.store = None
         self._masks.clear()
+        self._target_sum.clear()
 
     def step_of(self, extra_options):
         return _nearest_step(sigma_of(extra_options), self.sigmas[:self.steps])
@@ -624,6 +634,34 @@ class FusionPatches:
             words = word_attention(maps, s.blend_positions, self.latent_hw)
             self._masks[key] = blend_mask(words, size, s.blend_threshold)
         m = self._masks[key]
+        return m if device is None else m.to(device)
+
+    def add_target_attention(self, site, p_tgt: torch.Tensor):
+        """Accumulate the edit's own (pre-fusion) cross-attention of the target blend words at a blend site:
+        p_tgt [frames, heads, HW, 77] of the cond rows. FateZero sums it over the editing steps so far."""
+        positions = self.settings.target_blend_positions
+        if not positions or site not in self.blend_sites:
+            return
+        idx = torch.as_tensor(positions, dtype=torch.long, device=p_tgt.device)
+        words = p_tgt.float().index_select(-1, idx).sum(-1).mean(1).cpu()  # [frames, HW]
+        self._target_sum[site] = words if site not in self._target_sum else self._target_sum[site] + words
+
+    def latent_mask(self, edit_step: int, size, device=None) -> torch.Tensor | None:
+        """FateZero's latent-blend mask [frames, H, W]: the source words' mask of this step OR the target words'
+        mask from the running sum of the edit's own cross-attention (SpatialBlender, prompt_choose 'both')."""
+        source = self.mask(edit_step, size)
+        if not self._target_sum:
+            return source if source is None or device is None else source.to(device)
+        grids = []
+        for site, g in self._target_sum.items():
+            h, w = layer_hw(g.shape[1], self.latent_hw)
+            grids.append(g.reshape(g.shape[0], 1, h, w))
+        finest = max((t.shape[-2:] for t in grids), key=lambda t: t[0] * t[1])
+        words = torch.stack([t if tuple(t.shape[-2:]) == tuple(finest) else
+                             F.interpolate(t, size=tuple(finest), mode="bilinear", align_corners=False)
+                             for t in grids]).mean(0)[:, 0]
+        target = blend_mask(words, size, self.settings.blend_threshold)
+        m = target if source is None else torch.maximum(source, target)
         return m if device is None else m.to(device)
 
     def record_output_mask(self, edit_step: int, size):
@@ -731,7 +769,8 @@ class _FuseCross:
         heads = int(extra_options["n_heads"])
         j = f.step_of(extra_options) if f.store is not None else None
         s = f.settings if f.store is not None else None
-        if j is None or j >= s.cross_steps:  # outside the window: the edit's own attention, not reweighted
+        records = s is not None and bool(s.target_blend_positions) and self.site in f.blend_sites
+        if j is None or (j >= s.cross_steps and not records):
             return attn.attention(q, k, v, heads)
         cond_or_uncond, frames = video_batch(q.shape[0], extra_options)
         if 0 not in cond_or_uncond:
@@ -739,6 +778,10 @@ class _FuseCross:
         r = group_rows(cond_or_uncond.index(0), frames)
         out = attn.attention(q, k, v, heads).clone()
         p_tgt = attn.attention_probs(q[r], k[r], heads)
+        if records:
+            f.add_target_attention(self.site, p_tgt)
+        if j >= s.cross_steps:  # outside the window: the edit's own attention, not reweighted
+            return out
         if p_tgt.shape[-1] != s.alignment.matrix.shape[0]:
             raise STEMError(f"the target conditioning has {p_tgt.shape[-1]} tokens; FateZero editing supports "
                                 f"one {MAX_TOKENS}-token chunk (prompts up to 75 tokens)")
@@ -765,20 +808,24 @@ def site_modes(settings, sites) -> dict:
 
 def edit_loop(trajectory: InversionTrajectory, fusion: "FusionPatches", latent_blend: bool, on_step=None):
     """The edit's DDIM sampling loop ``loop(denoise, x, sigmas) -> x`` (sampler space): the fusion patches
-    read the store inside ``denoise``; with ``latent_blend`` (and blend words) the latents outside the blend
-    mask are reset to the inverted source latents in FateZero's window; the mean blend mask is recorded."""
+    read the store inside ``denoise``; with ``latent_blend`` (and blend words) the latents outside the latent
+    mask (source words OR target words, :meth:`FusionPatches.latent_mask`) are reset to the inverted source
+    latents in FateZero's window; the mean self-attention blend mask is recorded. The source latent is the one at
+    the level the edited latent has just reached (FateZero's step_callback pairs it one level noisier)."""
     steps = trajectory.steps
     h, w = trajectory.latent_size
-    use_latent_blend = bool(latent_blend) and bool(fusion.settings.blend_positions)
+    use_latent_blend = bool(latent_blend) and bool(fusion.settings.blend_positions or
+                                                    fusion.settings.target_blend_positions)
 
     def loop(denoise, x, sigmas):
         for j in range(steps):
             denoised = denoise(x, sigmas[j])
             x = ddim_step(x, denoised, sigmas[j], sigmas[j + 1])
-            if use_latent_blend and latent_blend_active(j, steps):
-                mask = fusion.mask(j, x.shape[-2:], device=x.device).to(x.dtype)
+            mask = fusion.latent_mask(j, x.shape[-2:], device=x.device) if use_latent_blend and \
+                latent_blend_active(j, steps) else None
+            if mask is not None:
                 src = trajectory.latent_at_sampling_step(j + 1).to(x)
-                x = src + mask[:, None] * (x - src)
+                x = src + mask.to(x.dtype)[:, None] * (x - src)
             fusion.record_output_mask(j, (8 * h, 8 * w))
             if on_step is not None:
                 on_step(j, steps)

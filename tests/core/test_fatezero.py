@@ -410,3 +410,9 @@ def test_fatezero_latent_blend_union():
     blended = seen[1.0]  # the state after editing step 2, a latent-blend step (0.2 * 5 < 3 < 0.8 * 5)
     assert float(blended[..., :, :8].abs().min()) > 0.1, "source-word region reset to the source"
     assert float(blended[..., :, 8:].abs().min()) > 0.1, "target-word region reset to the source"
+
+
+def test_default_target_blend_words_are_the_edited_words():
+    assert fz.differing_words("a wolf standing in the snow", "a marble wolf standing in the desert") == \
+        ["marble", "desert"]
+    assert fz.differing_words("a red car", "a red car") == []
