@@ -153,3 +153,24 @@ def test_validation_errors():
         two_frame_context(k, frames=0)
     with pytest.raises(ValueError, match="frame_chunk"):
         all_frame_attention(q, k, v, frames=5, heads=HEADS, frame_chunk=0)
+
+
+def test_two_frame_reference():
+    """The two_frame baseline is FateZero's spatio-temporal attention as its code runs it (zero-shot configs:
+    SparseCausalAttention_index ['mid'], least_sc_channel 640): every frame's keys and values come from the MIDDLE
+    frame (N - 1) // 2 only, at the layers at least 640 channels wide; the 320-wide layers stay per-frame."""
+    from comfyui_stem.stem_core.attention import VideoAttentionPatch, VideoAttentionSettings
+    torch.manual_seed(0)
+    frames, tokens, heads, d = 4, 6, 2, 4
+    q, k, v = (torch.randn(frames, tokens, heads * d) for _ in range(3))
+    patch = VideoAttentionPatch(VideoAttentionSettings(mode="two_frame"))
+    middle = (frames - 1) // 2
+    for site, temporal in ((("input", 4), True), (("output", 3), True), (("input", 1), False), (("output", 11), False)):
+        eo = {"block": site, "n_heads": heads, "cond_or_uncond": [0], "stem_video_frames": frames}
+        out = patch.replace_for(site)(q, k, v, eo)
+        if temporal:
+            km, vm = k[middle:middle + 1].expand_as(k), v[middle:middle + 1].expand_as(v)
+            expected = attention(q, km, vm, heads)
+        else:
+            expected = attention(q, k, v, heads)
+        assert torch.allclose(out, expected, atol=1e-6), (site, float((out - expected).abs().max()))
