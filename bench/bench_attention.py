@@ -3,7 +3,7 @@
 One SD1.5 self-attention layer (attn1: to_q/to_k/to_v projections, 8-head attention, to_out) applied to
 the same random, clustered features of a whole video x [N, L, C]:
 - per-frame:  every frame attends to itself (plain 2D DDIM inversion).
-- 2-frame:    frame n attends to [n, middle frame] (FateZero).
+- 2-frame:    every frame attends to the middle frame (FateZero's code; the STEM paper describes [n, middle]).
 - all-frame:  every frame attends to all N frames (extended attention), the pack's
               ``all_frame_attention`` with the patch's query chunking.
 - STEM-SA:    EM bases of all N*L tokens (K = 128/256/512, R = 3, tau = 0.05, cold start from K random
@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from comfyui_stem.stem_core.attention import all_frame_attention, attention, stem_attention, two_frame_context
+from comfyui_stem.stem_core.attention import all_frame_attention, attention, stem_attention, middle_frame_context
 from comfyui_stem.stem_core.em import estimate_bases
 from comfyui_stem.stem_core.attention import ALL_FRAME_QUERY_CHUNK
 
@@ -101,7 +101,7 @@ def per_frame_layer(x, w):
 def two_frame_layer(x, w):
     n = x.shape[0]
     q, k, v = F.linear(x, w["q"]), F.linear(x, w["k"]), F.linear(x, w["v"])
-    return _out(w, attention(q, two_frame_context(k, n), two_frame_context(v, n), HEADS))
+    return _out(w, attention(q, middle_frame_context(k, n), middle_frame_context(v, n), HEADS))
 
 
 def all_frame_layer(x, w):

@@ -7,7 +7,8 @@ lists them, and ComfyUI runs them together or apart).
 
 Attention modes (which keys/values each frame's queries see):
 - ``per_frame`` (1-frame, plain 2D DDIM): :func:`attention` on the batch as is.
-- ``two_frame`` (FateZero's spatio-temporal attention): :func:`two_frame_context`.
+- ``two_frame`` (FateZero's spatio-temporal attention): the middle frame, :func:`middle_frame_context`, at the
+  layers FateZero applies it to (sites.two_frame_sites: at least 640 channels); per-frame elsewhere.
 - ``all_frame`` (extended attention): every frame of its group, :func:`all_frame_attention`.
 - ``stem`` (paper Eq. 7): its group's K bases, estimated by EM over ALL frames' tokens (em.py).
 
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 
 from .em import check_em_settings, estimate_bases, released_variant_bases
 from .errors import STEMError
-from .sites import SD15_KEYS, site_of
+from .sites import SD15_KEYS, site_of, two_frame_sites
 
 MODES = ("stem", "per_frame", "two_frame", "all_frame")
 VARIANTS = ("paper", "released")
@@ -134,20 +135,22 @@ def attention_with_probs(
 # video contexts
 
 
-def two_frame_context(kv: torch.Tensor, frames: int) -> torch.Tensor:
-    """FateZero's spatio-temporal context: frame n sees [frame n, middle frame].
+def middle_frame_context(kv: torch.Tensor, frames: int) -> torch.Tensor:
+    """FateZero's spatio-temporal context as its code runs it: every frame attends to the MIDDLE frame only.
 
-    kv [groups*frames, L, D] (projected k or v, frame-major per group) -> [groups*frames, 2L, D] where
-    row g*frames+n is cat(kv[g*frames+n], kv[g*frames+frames//2]) along tokens. The middle frame is the
-    0-based index frames // 2, as in FateZero's code (the paper writes Round[N/2]).
+    kv [groups*frames, L, D] (projected k or v, frame-major per group) -> [groups*frames, L, D] where every row of
+    group g is kv[g*frames + (frames-1)//2]. FateZero's zero-shot configs set SparseCausalAttention_index ['mid'],
+    for which ``SparseCausalAttention.forward`` (video_diffusion/models/attention.py) gathers the keys and values
+    of frame int(clip_length - 1) // 2 for every frame, its own tokens not included. (The STEM paper's Eq. 6
+    describes FateZero as [own frame, middle frame]; the code is what is matched here.)
     """
     if kv.dim() != 3:
         raise ValueError(f"kv must be 3-D [groups*frames, tokens, channels], got shape {tuple(kv.shape)}")
     groups = _groups_of(kv.shape[0], frames, "kv")
     _, tokens, channels = kv.shape
+    middle = (frames - 1) // 2
     per_group = kv.view(groups, frames, tokens, channels)
-    middle = per_group[:, frames // 2 : frames // 2 + 1].expand(groups, frames, tokens, channels)
-    return torch.cat((per_group, middle), dim=2).reshape(groups * frames, 2 * tokens, channels)
+    return per_group[:, middle:middle + 1].expand(groups, frames, tokens, channels).reshape(kv.shape)
 
 
 def all_frame_attention(
@@ -221,12 +224,12 @@ def apply_probs(p: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     return _merge_heads(out).to(v.dtype)
 
 
-def context_for_mode(kv: torch.Tensor, frames: int, mode: str) -> torch.Tensor:
-    """The keys (or values) each frame attends to under an attention mode, materialised per frame:
-    kv [groups*frames, L, D] -> [groups*frames, Lk, D] (Lk = L per_frame, 2L two_frame, frames*L all_frame).
+def context_for_mode(kv: torch.Tensor, frames: int, mode: str, site=None) -> torch.Tensor:
+    """The keys (or values) each frame attends to under an attention mode at a site, materialised per frame:
+    kv [groups*frames, L, D] -> [groups*frames, Lk, D] (Lk = L per_frame and two_frame, frames*L all_frame).
     Used where maps must be read or replaced per frame (the FateZero store)."""
     if mode == "two_frame":
-        return two_frame_context(kv, frames)
+        return middle_frame_context(kv, frames) if site in two_frame_sites() else kv
     if mode == "all_frame":
         b, length, d = kv.shape
         g = b // frames
@@ -452,7 +455,9 @@ class BaselineAttention:
         heads = int(extra_options["n_heads"])
         cond_or_uncond, frames = video_batch(q.shape[0], extra_options)
         if s.mode == "two_frame":
-            return attention(q, two_frame_context(k, frames), two_frame_context(v, frames), heads)
+            if self.site not in two_frame_sites():
+                return attention(q, k, v, heads)
+            return attention(q, middle_frame_context(k, frames), middle_frame_context(v, frames), heads)
         if s.mode == "all_frame":
             return all_frame_attention(q, k, v, frames, heads, frame_chunk=ALL_FRAME_QUERY_CHUNK)
         if s.mode == "stem" and s.variant == "released":

@@ -91,7 +91,7 @@ class AttentionStore:
     """Attention probabilities of one inversion, keyed by (step, kind, site).
 
     kinds: "cross" [frames, heads, HW, 77]; "self" [frames, heads, HW, Lk] (Lk = K under STEM-SA,
-    HW per frame, 2 HW two-frame, frames*HW all-frame); "resp" [frames*HW, K] (the source's EM
+    HW per frame and two-frame, frames*HW all-frame); "resp" [frames*HW, K] (the source's EM
     responsibilities under STEM-SA: those of the last E-step, in float32). Maps are kept as float16 on the CPU,
     or saved one file per entry in
     ``folder`` (deleted by :meth:`free` or when the store is garbage-collected).
@@ -563,7 +563,7 @@ class _RecordAttention:
             return attn.attention(q, k, v, heads)
         if self.kind == "self":
             ctx = rec.context_at(self.site)
-            k, v = attn.context_for_mode(k, frames, ctx), attn.context_for_mode(v, frames, ctx)
+            k, v = attn.context_for_mode(k, frames, ctx, self.site), attn.context_for_mode(v, frames, ctx, self.site)
         out, probs = attn.attention_with_probs(q, k, v, heads)
         rec.store.put(step, self.kind, self.site, probs[group_rows(cond_or_uncond.index(0), frames)])
         return out
@@ -739,8 +739,8 @@ class _FuseSelf:
         if split is not None:
             k_src, k_own, v_src, v_own = k[:, :split], k[:, split:], v[:, :split], v[:, split:]
         else:
-            k_src = k_own = attn.context_for_mode(k, frames, ctx)
-            v_src = v_own = attn.context_for_mode(v, frames, ctx)
+            k_src = k_own = attn.context_for_mode(k, frames, ctx, self.site)
+            v_src = v_own = attn.context_for_mode(v, frames, ctx, self.site)
         out = attn.attention(q, k_own, v_own, heads)  # every row's own attention (the uncond rows keep it)
         r = group_rows(cond_or_uncond.index(0), frames)
         p_src = f.store.get(sj, "self", self.site, device=q.device)

@@ -8,7 +8,7 @@ from comfyui_stem.stem_core.attention import (
     attention,
     attention_with_probs,
     stem_attention,
-    two_frame_context,
+    middle_frame_context,
 )
 from comfyui_stem.stem_core.em import estimate_bases
 
@@ -74,16 +74,14 @@ def test_attention_with_probs():
     torch.testing.assert_close(out16.double(), out, rtol=1e-2, atol=1e-2)
 
 
-def test_two_frame_context_definition():
-    groups, frames = 2, 5
+def test_middle_frame_context_definition():
+    groups, frames = 2, 4
     kv = randn(groups * frames, 3, 4)
-    context = two_frame_context(kv, frames)
-    assert context.shape == (groups * frames, 6, 4)
-    middle = frames // 2
+    context = middle_frame_context(kv, frames)
+    assert context.shape == (groups * frames, 3, 4)
     for g in range(groups):
         for n in range(frames):
-            expected = torch.cat([kv[g * frames + n], kv[g * frames + middle]], dim=0)
-            assert torch.equal(context[g * frames + n], expected)
+            assert torch.equal(context[g * frames + n], kv[g * frames + (frames - 1) // 2])
 
 
 @pytest.mark.parametrize("frame_chunk", [None, 1, 2, 3, 5, 9])
@@ -140,7 +138,7 @@ def test_validation_errors():
     with pytest.raises(ValueError, match="multiple of frames"):
         all_frame_attention(q, k, v, frames=3, heads=HEADS)
     with pytest.raises(ValueError, match="multiple of frames"):
-        two_frame_context(k, frames=4)
+        middle_frame_context(k, frames=4)
     with pytest.raises(ValueError, match="multiple of frames"):
         stem_attention(q, k[:2], v[:2], frames=3, heads=HEADS)
     with pytest.raises(ValueError, match="k_bases"):
@@ -150,7 +148,7 @@ def test_validation_errors():
     with pytest.raises(ValueError, match="same batch"):
         attention(q, k[:4], v[:4], heads=HEADS)
     with pytest.raises(ValueError, match="frames"):
-        two_frame_context(k, frames=0)
+        middle_frame_context(k, frames=0)
     with pytest.raises(ValueError, match="frame_chunk"):
         all_frame_attention(q, k, v, frames=5, heads=HEADS, frame_chunk=0)
 

@@ -204,7 +204,7 @@ def test_record_then_fuse_with_identical_inputs_is_identity():
     ctx_k = torch.randn(frames, 77, heads * d)
     for step, s in enumerate(inv_sigmas[1:].tolist()):
         out = rec.self_replace(site)(q, k, v, _eo(site, s, frames))
-        two = attn.attention(q, attn.two_frame_context(k, frames), attn.two_frame_context(v, frames), heads)
+        two = attn.attention(q, attn.middle_frame_context(k, frames), attn.middle_frame_context(v, frames), heads)
         assert torch.allclose(out, two, atol=1e-5)
         rec.cross_replace(site)(q, ctx_k, ctx_k, _eo(site, s, frames))
 
@@ -214,14 +214,14 @@ def test_record_then_fuse_with_identical_inputs_is_identity():
     rec.finish_inversion(Traj)
     store = Traj.extras["attention_store"]
     assert rec.store is None and store.steps == 3
-    assert store.shape(0, "self", site) == (frames, heads, tokens, 2 * tokens)
+    assert store.shape(0, "self", site) == (frames, heads, tokens, tokens)  # each frame reads the middle frame
     settings = fz.FusionSettings(fz.align_prompts([[1]], [[2]]), cross_steps=3, self_steps=3)
     fusion = fz.FusionPatches(store, settings, samp_sigmas[:-1], (4, 4), {site: "two_frame"})
     # editing step 1 (sigma 5) reads inversion step 1 (sigma 1.0 -> 5.0 interval)
     eo = _eo(site, 5.0, frames, groups=(1, 0))
     q2, k2, v2 = (torch.cat([t, t]) for t in (q, k, v))
     out = fusion.self_replace(site)(q2, k2, v2, eo)
-    ref = attn.attention(q2, attn.two_frame_context(k2, frames), attn.two_frame_context(v2, frames), heads)
+    ref = attn.attention(q2, attn.middle_frame_context(k2, frames), attn.middle_frame_context(v2, frames), heads)
     assert torch.allclose(out, ref, atol=2e-3)  # float16 storage
     c2 = torch.cat([ctx_k, ctx_k])
     assert torch.allclose(fusion.cross_replace(site)(q2, c2, c2, eo), attn.attention(q2, c2, c2, heads), atol=2e-3)
