@@ -96,3 +96,39 @@ def test_deepcopy_gives_fresh_state_and_replaces_follow_the_copy():
     clone = copy.deepcopy(options)
     assert clone["patch"] is not patch and clone["patch"].settings == patch.settings and not clone["patch"].state.warm
     assert all(r.patch is clone["patch"] for r in clone["replaces"].values())
+
+
+def test_released_variant_settings():
+    """variant = released is the authors' code: tau 0.01 and R 5 whatever the widgets say, EM per head on the
+    projected keys of each consecutive 8-frame batch (the last batch shorter), each batch attending to its own
+    bases; the paper variant can run its E-step on L2-normalised X and mu (normalize, off by default)."""
+    from comfyui_stem.stem_core.attention import stem_attention
+    from comfyui_stem.stem_core.em import estimate_bases, released_variant_bases
+    torch.manual_seed(0)
+    frames, tokens, heads, d, k = 10, 6, 2, 4, 5
+    q, kk, v = (torch.randn(frames, tokens, heads * d) for _ in range(3))
+    settings = VideoAttentionSettings(variant="released", num_bases=k, tau=0.05, iterations=3)
+    assert (settings.effective_tau, settings.effective_iterations) == (0.01, 5)
+    patch = VideoAttentionPatch(settings)
+    out = patch.replace_for(("input", 1))(q, kk, v, dict(opts(frames=frames), n_heads=heads))
+
+    def per_head(t, n):
+        return t.reshape(1, n, tokens, heads, d).permute(0, 3, 1, 2, 4).reshape(heads, n * tokens, d)
+
+    def merge(t):
+        return t.reshape(1, heads, k, d).permute(0, 2, 1, 3).reshape(1, k, heads * d)
+
+    expected = []
+    for start in (0, 8):  # batches of 8 frames: [0, 8) and [8, 10)
+        sl = slice(start, min(start + 8, frames))
+        n = sl.stop - sl.start
+        kb, vb = released_variant_bases(per_head(kk[sl], n), per_head(v[sl], n), k, 5, 0.01, seed=0)
+        expected.append(stem_attention(q[sl], merge(kb), merge(vb), n, heads))
+    assert torch.allclose(out, torch.cat(expected), atol=1e-5), float((out - torch.cat(expected)).abs().max())
+
+    x = torch.randn(2, 8, 4)
+    normed = VideoAttentionPatch(VideoAttentionSettings(num_bases=3, normalize=True))
+    _, mu, _ = normed(x, x, x, opts(frames=2))
+    want = estimate_bases(x.reshape(1, -1, 4), 3, 3, 0.05, normalize=True).bases
+    assert torch.allclose(mu[0], want[0], atol=1e-6)
+    assert not torch.allclose(want, estimate_bases(x.reshape(1, -1, 4), 3, 3, 0.05).bases, atol=1e-3)
