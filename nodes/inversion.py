@@ -38,8 +38,9 @@ class STEMBasisEstimate:
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip":
                 "Seed of the bases' initialisation: the same seed gives the same bases."}),
             "variant": (list(VARIANTS), {"default": "paper", "tooltip":
-                "paper: EM on the layer input X (Eq. 8-11). released: the authors' code, EM per head on the "
-                "projected keys with tau 0.01 and 5 iterations suggested."}),
+                "paper: EM on the layer input X of all frames (Eq. 8-11). released: the authors' code, EM per "
+                "head on the projected keys of each 8-frame batch, always with its tau 0.01 and 5 iterations "
+                "(the tau and iterations widgets apply to the paper variant)."}),
             "layers": ("STRING", {"default": "all", "tooltip":
                 "Which of the 16 self-attention layers use the video context: all, encoder, middle, decoder, "
                 "or names like input_1, output_11 (comma separated)."}),
@@ -53,14 +54,19 @@ class STEMBasisEstimate:
             "chunk_tokens": ("INT", {"default": 0, "min": 0, "max": 1 << 24, "tooltip":
                 "Tokens per EM chunk (0 = automatic). Chunking bounds memory for long videos; results are "
                 "the same."}),
+        }, "optional": {
+            "normalize": ("BOOLEAN", {"default": False, "tooltip":
+                "Paper variant: run the E-step on L2-normalised features and bases (cosine similarity / tau). "
+                "Off as in the paper (Eq. 8-9 use raw dot products)."}),
         }}
 
     def patch(self, model, attention_context, num_bases, iterations, tau, seed, variant, layers, warm_start,
-              init, chunk_tokens):
+              init, chunk_tokens, normalize=False):
         host.require_sd15(model, self.TITLE)
         settings = VideoAttentionSettings(mode=attention_context, variant=variant, num_bases=num_bases,
                                           iterations=iterations, tau=tau, seed=seed, init=init, warm_start=warm_start,
-                                          chunk_tokens=chunk_tokens or None, layers=parse_layers(layers))
+                                          chunk_tokens=chunk_tokens or None, layers=parse_layers(layers),
+                                          normalize=bool(normalize))
         return (host.clone_with_video_attention(model, settings),)
 
 
@@ -94,7 +100,8 @@ class STEMInvert:
         host.check_steps(steps)
         m, patch = host.video_clone(model, samples.shape[0])
         hooks = [p for p in host.all_patch_objects(m) if hasattr(p, "begin_inversion")]
-        settings = dict(vars(patch.settings)) if patch is not None else {"mode": "per_frame"}
+        settings = dict(vars(patch.settings), tau=patch.settings.effective_tau,
+                        iterations=patch.settings.effective_iterations) if patch is not None else {"mode": "per_frame"}
         settings["layers"] = [f"{a}_{b}" for a, b in settings.get("layers", ())]
         run = host.sampler_runner(m, source_conditioning, source_conditioning, 1.0)
         with torch.no_grad():

@@ -41,6 +41,9 @@ ALL_FRAME_QUERY_CHUNK = 4
 # transformer_options key: sites whose EM responsibilities an attention store records (set by its node), and
 # the extra_options key under which the STEM patch hands them to the store's patch of the same call.
 RECORD_RESPONSIBILITIES = "stem_record_responsibilities"
+# The authors' released code: tau 0.01, 5 EM iterations, EM over the frames of one 8-frame UNet batch
+# (TokenFlow-Edit/tokenflow_utils.py em(); batch_size 8 in its configs).
+RELEASED_TAU, RELEASED_ITERATIONS, RELEASED_BATCH_FRAMES = 0.01, 5, 8
 RESPONSIBILITIES = "stem_responsibilities"
 
 
@@ -290,6 +293,15 @@ class VideoAttentionSettings:
     warm_start: bool = False  # bench/bench_r_study.py: warm bases drift from the cold fixed point at the top layer
     chunk_tokens: Optional[int] = None
     layers: tuple = SD15_KEYS
+    normalize: bool = False  # paper variant: E-step on L2-normalised X and mu (the paper's Eq. 8-9 do not)
+
+    @property
+    def effective_tau(self) -> float:
+        return RELEASED_TAU if self.variant == "released" else self.tau
+
+    @property
+    def effective_iterations(self) -> int:
+        return RELEASED_ITERATIONS if self.variant == "released" else self.iterations
 
     def validated(self) -> "VideoAttentionSettings":
         if self.mode not in MODES:
@@ -429,7 +441,8 @@ class VideoAttentionPatch:
             keep = site in extra_options.get(RECORD_RESPONSIBILITIES, ())
             result = estimate_bases(x, self.effective_bases(x.shape[1]), s.iterations, s.tau, seed=s.seed,
                                     init=s.init, init_bases=self._warm_bases(key, sigma),
-                                    chunk_tokens=s.chunk_tokens, return_responsibilities=keep)
+                                    chunk_tokens=s.chunk_tokens, normalize=s.normalize,
+                                    return_responsibilities=keep)
             bases = result.bases  # [groups, K, C]
             if keep:
                 extra_options[RESPONSIBILITIES] = result.responsibilities  # [groups, frames * L, K]
@@ -466,27 +479,34 @@ class BaselineAttention:
         return attention(q, k, v, heads)
 
     def _released_stem(self, q, k, v, heads, groups, frames, extra_options):
-        """The authors' released code: EM per head on projected keys; values weighted alike."""
+        """The authors' released code: EM per head on the projected keys of each consecutive 8-frame batch (the
+        last one shorter), values weighted alike, each batch's frames attending to their batch's bases."""
         p, s = self.patch, self.patch.settings
         b, tokens, inner = k.shape
         d = inner // heads
-
-        def per_head(t):  # [B, L, heads*d] -> [groups*heads, frames*L, d]
-            return t.reshape(groups, frames, tokens, heads, d).permute(0, 3, 1, 2, 4).reshape(
-                groups * heads, frames * tokens, d)
-
         sigma = sigma_of(extra_options)
-        key = (self.site, tuple(extra_options.get("cond_or_uncond", [0])), b, tokens, "released")
-        k_bases, v_bases = released_variant_bases(per_head(k), per_head(v), p.effective_bases(frames * tokens),
-                                                  max(1, s.iterations), s.tau, seed=s.seed,
-                                                  init_bases=p._warm_bases(key, sigma))
-        p._remember(key, sigma, k_bases)
+        per_group = [t.reshape(groups, frames, tokens, inner) for t in (q, k, v)]
+        out = torch.empty(groups, frames, tokens, v.shape[-1], dtype=v.dtype, device=v.device)
+
+        def per_head(t, n):  # [groups, n, L, heads*d] -> [groups*heads, n*L, d]
+            return t.reshape(groups, n, tokens, heads, d).permute(0, 3, 1, 2, 4).reshape(groups * heads, n * tokens, d)
 
         def merge(t):  # [groups*heads, K, d] -> [groups, K, heads*d]
             kk = t.shape[1]
             return t.reshape(groups, heads, kk, d).permute(0, 2, 1, 3).reshape(groups, kk, heads * d)
 
-        return stem_attention(q, merge(k_bases), merge(v_bases), frames, heads)
+        for start in range(0, frames, RELEASED_BATCH_FRAMES):
+            sl = slice(start, min(start + RELEASED_BATCH_FRAMES, frames))
+            n = sl.stop - sl.start
+            qb, kb, vb = (t[:, sl] for t in per_group)
+            key = (self.site, tuple(extra_options.get("cond_or_uncond", [0])), b, tokens, "released", start)
+            k_bases, v_bases = released_variant_bases(per_head(kb, n), per_head(vb, n), p.effective_bases(n * tokens),
+                                                      s.effective_iterations, s.effective_tau, seed=s.seed,
+                                                      init_bases=p._warm_bases(key, sigma))
+            p._remember(key, sigma, k_bases)
+            out[:, sl] = stem_attention(qb.reshape(groups * n, tokens, inner), merge(k_bases), merge(v_bases), n,
+                                        heads).reshape(groups, n, tokens, -1)
+        return out.reshape(b, tokens, -1)
 
 
 def install_plan(settings: VideoAttentionSettings):

@@ -48,6 +48,8 @@ EXP_FLOOR = 80.0
 # A basis whose total responsibility is below this (in tokens' worth of mass) is "dead": dividing its
 # weighted sum by ~0 gives Inf/NaN (seen on clustered features), so it keeps its previous value instead.
 DEAD_BASIS_MASS = 1e-6
+# The released code's epsilon in the bases' normalisation and in the M-step's denominator.
+RELEASED_EPS = 1e-4
 
 _INITS = ("tokens", "gaussian")
 
@@ -181,11 +183,13 @@ def _em_pass(
     chunk: int,
     values: Optional[torch.Tensor] = None,
     keep_responsibilities: bool = False,
+    normalize_x: bool = False,
 ):
     """One fused E-step + M-step accumulation over token chunks.
 
     x [G, M, C] (any float dtype), estep_bases [G, K, C] in the compute dtype, values [G, M, Cv] optional
-    (weighted by the same responsibilities, for the released variant's value bases).
+    (weighted by the same responsibilities, for the released variant's value bases). With ``normalize_x`` the
+    E-step scores L2-normalised tokens (the M-step still averages the raw tokens).
     Returns (sum_zx [G, K, C], mass [G, K], sum_zv [G, K, Cv] or None, z [G, M, K] or None,
     objective scalar tensor). Work per chunk: two batched matmuls plus a softmax.
     """
@@ -209,7 +213,7 @@ def _em_pass(
         stop = min(start + chunk, tokens)
         # Cast per chunk so fp16 inputs never need a full fp32 copy of x.
         x_chunk = x[:, start:stop].to(compute)
-        z, lse = _chunk_responsibilities(x_chunk, bases_t, inv_tau)
+        z, lse = _chunk_responsibilities(F.normalize(x_chunk, dim=-1) if normalize_x else x_chunk, bases_t, inv_tau)
         z_t = z.transpose(1, 2)
         sum_zx.baddbmm_(z_t, x_chunk)
         mass.add_(z.sum(dim=1))
@@ -367,6 +371,16 @@ def _validate_settings(x, num_bases, iterations, tau, seed, init, init_bases, na
 # drivers
 
 
+def _start(x, k, init, seed, init_bases, chunk_tokens=None):
+    """(token chunk, initial bases [G, K, C] in the compute dtype) of an EM run on x [G, M, C]."""
+    compute = _compute_dtype(x.dtype)
+    groups, tokens, _ = x.shape
+    chunk = _resolve_chunk(chunk_tokens, groups, tokens, k, torch.finfo(compute).bits // 8)
+    if init_bases is not None:
+        return chunk, init_bases.to(device=x.device, dtype=compute)
+    return chunk, _initial_bases(x, k, init, seed, compute)
+
+
 def estimate_bases(
     x: torch.Tensor,
     num_bases: int = 256,
@@ -392,27 +406,21 @@ def estimate_bases(
     chunk_tokens: loop the E/M steps over this many tokens at a time; None chooses automatically so a
         chunk's responsibilities stay under RESPONSIBILITY_BUDGET_BYTES. The result does not depend on it
         beyond float rounding.
-    normalize: L2-normalise the bases over channels before each E-step (released-code variant); the
-        M-step still returns unnormalised weighted means.
+    normalize: run the E-step on L2-normalised tokens and bases (cosine similarities / tau); the M-step still
+        returns unnormalised weighted means of the raw tokens.
     return_responsibilities: also return the last responsibilities [G, M, K].
     Returns an :class:`EMResult` with bases [G, K, C] in x.dtype.
     """
     k, r, tau_value, seed_value = _validate_settings(x, num_bases, iterations, tau, seed, init, init_bases)
-    compute = _compute_dtype(x.dtype)
-    groups, tokens, _ = x.shape
-    chunk = _resolve_chunk(chunk_tokens, groups, tokens, k, torch.finfo(compute).bits // 8)
-
-    if init_bases is not None:
-        bases = init_bases.to(device=x.device, dtype=compute)
-    else:
-        bases = _initial_bases(x, k, init, seed_value, compute)
+    chunk, bases = _start(x, k, init, seed_value, init_bases, chunk_tokens)
 
     objectives = []
     responsibilities = None
     for iteration in range(r):
         estep_bases = F.normalize(bases, dim=-1) if normalize else bases
         keep = return_responsibilities and iteration == r - 1
-        sum_zx, mass, _, z, objective = _em_pass(x, estep_bases, tau_value, chunk, keep_responsibilities=keep)
+        sum_zx, mass, _, z, objective = _em_pass(x, estep_bases, tau_value, chunk, keep_responsibilities=keep,
+                                                 normalize_x=normalize)
         bases = _finish_m_step(sum_zx, mass, previous=bases)
         objectives.append(objective)
         if keep:
@@ -420,7 +428,8 @@ def estimate_bases(
 
     if return_responsibilities and r == 0:
         estep_bases = F.normalize(bases, dim=-1) if normalize else bases
-        _, _, _, responsibilities, _ = _em_pass(x, estep_bases, tau_value, chunk, keep_responsibilities=True)
+        _, _, _, responsibilities, _ = _em_pass(x, estep_bases, tau_value, chunk, keep_responsibilities=True,
+                                                normalize_x=normalize)
 
     history = torch.stack(objectives).tolist() if objectives else []
     return EMResult(bases=bases.to(x.dtype), responsibilities=responsibilities, objective=history, num_bases=k)
@@ -435,13 +444,14 @@ def released_variant_bases(
     seed: int = 0,
     init_bases: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The authors' released-code EM: bases of the projected keys per head, values from the same Z.
+    """The authors' released-code EM (STEM-Inv/stem-inv, TokenFlow-Edit/tokenflow_utils.py: initialize, e_step,
+    m_step, em): bases of the projected keys per head, values from the same Z.
 
-    k, v: [G, M, d] projected keys/values (G = batch groups * heads, M = tokens of the frames in the
-    batch, d = head dim). Gaussian init from the keys' per-channel statistics (seeded), bases
-    L2-normalised in every E-step, tau = 0.01 and 5 iterations by default. After the last E-step the key
-    bases are the M-step of k and the value bases the same responsibility-weighted mean of v
-    (normalised Z^T V).
+    k, v: [G, M, d] projected keys/values (G = batch groups * heads, M = tokens of the frames of one UNet batch,
+    8 frames in the reference's configs, d = head dim). Gaussian init from the keys' per-channel statistics
+    (seeded here; a fresh global-RNG draw there), bases normalised as mu / (|mu| + 1e-4) in every E-step (the
+    keys are not), tau = 0.01 and 5 iterations by default, M-step z / (sum z + 1e-4). After the last E-step the
+    key bases are the M-step of k and the value bases the same responsibility-weighted mean of v.
     Returns (k_bases [G, K, d], v_bases [G, K, d_v]) in k.dtype / v.dtype.
     """
     num_k, r, tau_value, seed_value = _validate_settings(
@@ -457,24 +467,15 @@ def released_variant_bases(
             f"iterations (R) must be >= 1 for the released variant (the value bases need one E-step), got {r}; "
             "use the released default 5"
         )
-    compute = _compute_dtype(k.dtype)
-    groups, tokens, _ = k.shape
-    chunk = _resolve_chunk(None, groups, tokens, num_k, torch.finfo(compute).bits // 8)
-
-    if init_bases is not None:
-        bases = init_bases.to(device=k.device, dtype=compute)
-    else:
-        bases = _initial_bases(k, num_k, "gaussian", seed_value, compute)
-
+    chunk, bases = _start(k, num_k, "gaussian", seed_value, init_bases)
     v_bases = None
     for iteration in range(r):
         last = iteration == r - 1
-        sum_zk, mass, sum_zv, _, _ = _em_pass(
-            k, F.normalize(bases, dim=-1), tau_value, chunk, values=v if last else None
-        )
-        previous = bases
-        bases = _finish_m_step(sum_zk, mass, previous=previous)
+        # the reference's epsilons: mu / (|mu| + 1e-4) in the E-step, z / (sum z + 1e-4) in the M-step
+        estep_bases = bases / (bases.norm(dim=-1, keepdim=True) + RELEASED_EPS)
+        sum_zk, mass, sum_zv, _, _ = _em_pass(k, estep_bases, tau_value, chunk, values=v if last else None)
+        denominator = (mass + RELEASED_EPS).unsqueeze(-1)
+        bases = sum_zk / denominator
         if last:
-            # A dead key basis has no value mean either; its (unnormalised) weighted sum is ~0.
-            v_bases = _finish_m_step(sum_zv, mass, previous=None)
+            v_bases = sum_zv / denominator
     return bases.to(k.dtype), v_bases.to(v.dtype)

@@ -27,9 +27,10 @@ def clustered_features(clusters=20, tokens=8192, channels=320, spread=0.01, seed
 def naive_em_step(x, bases, tau, normalize=False):
     """Reference E+M step written directly from Eq. 8 and 10 (no guards), float64."""
     x64, b64 = x.double(), bases.double()
+    xe = F.normalize(x64, dim=-1) if normalize else x64  # normalize: the E-step on unit tokens and bases
     if normalize:
         b64 = F.normalize(b64, dim=-1)
-    logits = torch.einsum("gmc,gkc->gmk", x64, b64) / tau
+    logits = torch.einsum("gmc,gkc->gmk", xe, b64) / tau
     z = torch.softmax(logits, dim=-1)
     return torch.einsum("gmk,gmc->gkc", z, x64) / z.sum(dim=1).unsqueeze(-1), z
 
@@ -98,12 +99,13 @@ def test_em_iterations_match_naive_reference():
         torch.testing.assert_close(got.double(), reference, rtol=1e-5, atol=1e-5)
 
 
-def test_normalize_uses_unit_bases_in_e_step_only():
+def test_normalize_uses_unit_tokens_and_bases_in_e_step_only():
     x = random_features(tokens=200, channels=8, scale=2.0)
     init = estimate_bases(x, num_bases=6, iterations=0).bases * 5.0
     result = estimate_bases(x, num_bases=6, iterations=1, tau=0.1, init_bases=init, normalize=True,
                             return_responsibilities=True)
-    torch.testing.assert_close(result.responsibilities, e_step(x, F.normalize(init, dim=-1), 0.1))
+    torch.testing.assert_close(result.responsibilities,
+                               e_step(F.normalize(x, dim=-1), F.normalize(init, dim=-1), 0.1))
     # The M-step output is an unnormalised weighted mean, not a unit vector.
     torch.testing.assert_close(result.bases, m_step(x, result.responsibilities), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(result.bases.norm(dim=-1), torch.ones(2, 6), atol=1e-2)
@@ -319,15 +321,17 @@ def test_released_variant_shapes_and_value_bases():
     again = released_variant_bases(k, v, num_bases=16, iterations=5, tau=0.01, seed=0)
     assert torch.equal(again[0], k_bases) and torch.equal(again[1], v_bases)
 
-    # Reference: 5 iterations with unit bases in the E-step, then the last Z weights both k and v.
+    # Reference (tokenflow_utils.py): 5 iterations, E-step with mu / (|mu| + 1e-4), M-step z / (sum z + 1e-4),
+    # then the last Z weights both k and v.
     start = random_features(groups=groups, tokens=16, channels=8, seed=3)
     k_bases, v_bases = released_variant_bases(k, v, num_bases=16, iterations=5, tau=0.05, init_bases=start)
     bases = start
     for _ in range(5):
-        z = e_step(k, F.normalize(bases, dim=-1), 0.05)
-        bases = m_step(k, z, previous_bases=bases)
+        z = e_step(k, bases / (bases.norm(dim=-1, keepdim=True) + 1e-4), 0.05)
+        mass = z.sum(dim=1).unsqueeze(-1) + 1e-4
+        bases = torch.bmm(z.transpose(1, 2), k) / mass
     torch.testing.assert_close(k_bases, bases, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(v_bases, m_step(v, z), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(v_bases, torch.bmm(z.transpose(1, 2), v) / mass, rtol=1e-5, atol=1e-5)
     # Weighted means of v: inside the per-channel range of the values.
     assert bool((v_bases >= v.min(dim=1, keepdim=True).values - 1e-5).all())
     assert bool((v_bases <= v.max(dim=1, keepdim=True).values + 1e-5).all())

@@ -126,9 +126,9 @@ def test_released_variant_settings():
         expected.append(stem_attention(q[sl], merge(kb), merge(vb), n, heads))
     assert torch.allclose(out, torch.cat(expected), atol=1e-5), float((out - torch.cat(expected)).abs().max())
 
-    x = torch.randn(2, 8, 4)
-    normed = VideoAttentionPatch(VideoAttentionSettings(num_bases=3, normalize=True))
+    x = torch.randn(2, 32, 4) * (0.2 + 5 * torch.rand(2, 32, 1))  # tokens of very different norms
+    normed = VideoAttentionPatch(VideoAttentionSettings(num_bases=6, normalize=True))
     _, mu, _ = normed(x, x, x, opts(frames=2))
-    want = estimate_bases(x.reshape(1, -1, 4), 3, 3, 0.05, normalize=True).bases
+    want = estimate_bases(x.reshape(1, -1, 4), 6, 3, 0.05, normalize=True).bases
     assert torch.allclose(mu[0], want[0], atol=1e-6)
-    assert not torch.allclose(want, estimate_bases(x.reshape(1, -1, 4), 3, 3, 0.05).bases, atol=1e-3)
+    assert not torch.allclose(want, estimate_bases(x.reshape(1, -1, 4), 6, 3, 0.05).bases, atol=1e-2)
