@@ -269,3 +269,34 @@ def test_fatezero_replace_by_words(tiny, node, stem_run):
     assert mode("a photorealistic wolf in snow") == "refine"            # 5 words, 6 tokens
     assert mode("a golden retriever standing in the snow") == "refine"  # 7 words
     assert mode("a fox standing in the snow") == "replace"
+
+
+def test_store_size_preflight(comfy_host, tiny, node, clips):
+    """The store's size is computed from shapes before the inversion starts: the estimate equals the bytes the
+    store really holds, and a store that cannot fit (48 frames of 512x512, 50 steps, all 16 layers) is refused
+    before anything is allocated, with the figure, the limit and what shrinks it."""
+    import time
+
+    from comfyui_stem.stem_core.errors import MemoryBudgetError
+    from comfyui_stem.stem_core.memory import fatezero_store_bytes
+    from comfyui_stem.stem_core.sites import parse_layers
+    model, clip, _ = tiny
+    latent, cond = encode(comfy_host, tiny, load_clip(clips, 3, SIZE), SOURCE)
+    with torch.no_grad():
+        _, _, traj = invert_with_store(node, model, latent, cond, "stem", STEPS)
+    store = traj.extras["attention_store"]
+    sites = parse_layers("fatezero")
+    estimate = fatezero_store_bytes(frames=3, latent_hw=(SIZE // 8, SIZE // 8), sites=sites,
+                                    modes={s: "stem" for s in sites}, steps=STEPS, num_bases=16)
+    assert estimate == store.nbytes(), (estimate, store.nbytes())
+    store.free()
+
+    big = {"samples": torch.zeros(48, 4, 64, 64)}
+    patched = node("STEMBasisEstimate").patch(model, "stem", 256, 3, 0.05, 0, "paper", "all", False, "tokens", 0)[0]
+    recording = node("STEMAttentionStore").apply(patched, "all", "cpu")[0]
+    t0 = time.monotonic()
+    with pytest.raises(MemoryBudgetError) as err:
+        node("STEMInvert").invert(recording, big, cond, 50)
+    text = str(err.value)
+    assert time.monotonic() - t0 < 10, "the preflight must refuse before the inversion runs"
+    assert "GB" in text and "free" in text and "frames" in text and "keep" in text, text
