@@ -9,8 +9,8 @@ import torch
 from ..stem_core.attention import RECORD_RESPONSIBILITIES
 from ..stem_core.errors import STEMError
 from ..stem_core.fatezero import (AttentionStore, AttentionStoreWriter, FusionPatches, FusionSettings, align_prompts,
-                                  differing_words, edit_loop, equalizer, find_word, fused_steps, parse_reweight,
-                                  parse_words, site_modes)
+                                  check_recorded_windows, differing_words, edit_loop, equalizer, find_word,
+                                  fused_steps, parse_reweight, parse_words, site_modes)
 from ..stem_core.inversion import InversionTrajectory
 from ..stem_core.sites import parse_layers, site_name
 from . import host
@@ -48,9 +48,19 @@ class STEMAttentionStore:
             "keep": (["cpu", "temp_folder"], {"default": "cpu", "tooltip":
                 "Where the maps stay until the edit: CPU RAM, or files in ComfyUI's temp folder (deleted when "
                 "the trajectory is dropped)."}),
+        }, "optional": {
+            "self_replace_steps": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
+                "Record self-attention for this fraction of the (noisiest) editing steps: the most the edit's "
+                "self_replace_steps can use (STEM paper: 0.5). Less recorded, less memory."}),
+            "cross_replace_steps": ("FLOAT", {"default": 0.8, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
+                "Record cross-attention for this fraction of the editing steps: the most the edit's "
+                "cross_replace_steps can use (STEM paper: 0.8)."}),
+            "blend_masks": ("BOOLEAN", {"default": True, "tooltip":
+                "Also record what the blend masks of blend words need (the 16x16 layers' cross-attention in the "
+                "self window and in the latent-blend window). Off: smaller store, edits without blend words."}),
         }}
 
-    def apply(self, model, layers, keep):
+    def apply(self, model, layers, keep, self_replace_steps=0.5, cross_replace_steps=0.8, blend_masks=True):
         host.require_sd15(model, self.TITLE)
         sites = parse_layers(layers)
         m = model.clone()
@@ -61,7 +71,10 @@ class STEMAttentionStore:
                 raise STEMError(f"another node already replaces cross-attention at {site_name(site)}",
                                 input_name="model", fix="apply STEM Attention Store to the model before such nodes")
         writer = AttentionStoreWriter(sites, site_modes(settings, sites), settings.tau if settings else 0.05,
-                                      host.temp_subfolder("stem_attention") if keep == "temp_folder" else None)
+                                      host.temp_subfolder("stem_attention") if keep == "temp_folder" else None,
+                                      num_bases=settings.num_bases if settings else 256,
+                                      self_fraction=self_replace_steps, cross_fraction=cross_replace_steps,
+                                      blend_masks=blend_masks)
         host.set_attn1_patch(m, writer)  # after the STEM patch: it receives the bases and responsibilities
         host.set_transformer_option(m, RECORD_RESPONSIBILITIES, tuple(s for s in sites if writer.context_at(s) == "stem"))
         for site in sites:
@@ -211,6 +224,7 @@ class STEMFateZeroEdit:
             blend_positions=tuple(sorted({p for ps in blend.values() for p in ps})),
             blend_threshold=float(blend_threshold), eq=equalizer(weights),
             target_blend_positions=tuple(sorted({p for ps in target_blend.values() for p in ps})))
+        check_recorded_windows(store, settings, latent_blend)
         m, fusion = fusion_clone(model, trajectory, store, settings)
         run = host.sampler_runner(m, host.encode_prompt(clip, target_prompt), host.encode_prompt(clip, ""), float(cfg))
         try:

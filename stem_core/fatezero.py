@@ -52,10 +52,11 @@ from .attention import group_rows, sigma_of, video_batch
 from .em import m_step
 from .errors import STEMError
 from .inversion import InversionTrajectory, ddim_step
+from .memory import (available_disk_bytes, available_ram_bytes, check_fits, fatezero_store_bytes, fused_steps, gb,
+                     largest_fitting, latent_blend_steps, recorded_store_steps)
 from .sites import BLEND_MASK_SITES, SD15_KEYS, site_name, site_of
 
 MAX_TOKENS = 77
-LATENT_BLEND_WINDOW = (0.2, 0.8)
 STORE_DTYPE = torch.float16
 # extra_options key: the fusion's attn1_patch tells its attn1_replace where the [rebuilt | own] keys split
 SPLIT_KEYS = "stem_fusion_split"
@@ -66,21 +67,13 @@ KINDS = ("cross", "self", "resp")
 # step windows
 
 
-def fused_steps(fraction: float, steps: int) -> int:
-    """Number of leading (noisiest) editing steps fused for a fraction in [0, 1]."""
-    if not (0.0 <= float(fraction) <= 1.0):
-        raise STEMError(f"a replace-steps fraction must be in [0, 1], got {fraction}")
-    return int(math.floor(float(fraction) * int(steps) + 1e-6))
-
-
 def store_step(edit_step: int, steps: int) -> int:
     """The inversion step whose maps editing step ``edit_step`` reads (reverse order)."""
     return int(steps) - 1 - int(edit_step)
 
 
 def latent_blend_active(edit_step: int, steps: int) -> bool:
-    lo, hi = (int(math.floor(f * steps + 1e-6)) for f in LATENT_BLEND_WINDOW)
-    return lo < edit_step + 1 < hi
+    return edit_step in latent_blend_steps(steps)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,12 +151,21 @@ class AttentionStore:
         """Bytes of the stored maps (payload, whether in RAM or in the folder)."""
         return sum(b for k, b in self._bytes.items() if kind is None or k[1] == kind)
 
+    def expected_steps(self, kind: str, site) -> list:
+        """The inversion steps the store should hold for a kind at a site (info["recorded"], else every step)."""
+        rec = self.info.get("recorded")
+        if rec is None:
+            return list(range(self.steps))
+        if kind == "cross" and tuple(site) in self.info.get("blend_sites", ()):
+            return sorted(set(rec["cross"]) | set(rec["blend"]))
+        return rec["self"] if kind in ("self", "resp") else rec["cross"]
+
     def missing_entries(self) -> list:
-        """Names of (kind, site) pairs that miss some step (empty when every step was recorded)."""
+        """Names of (kind, site) pairs that miss a step they should hold (empty when complete)."""
         missing = []
         for kind in KINDS:
             for site in self.sites(kind):
-                if any(not self.has(s, kind, site) for s in range(self.steps)):
+                if any(not self.has(s, kind, site) for s in self.expected_steps(kind, site)):
                     missing.append(f"{kind}:{site_name(site)}")
         return missing
 
@@ -457,21 +459,34 @@ class AttentionStoreWriter:
 
     Inert (plain pass-through attention) outside ``begin_inversion`` .. ``finish_inversion``. Its
     ``self_replace``/``cross_replace`` objects are the attn1/attn2 replaces of the recorded sites.
-    ``contexts`` maps a site to the self-attention context the model uses there ("stem" = paper STEM-SA,
-    "per_frame", "two_frame", "all_frame"; missing sites are "per_frame"); ``tau`` is the STEM
-    temperature (for the responsibilities); ``folder`` a folder to spill the maps into (None: CPU RAM).
+    ``contexts`` maps a site to the self-attention mode the model uses there ("stem" = paper STEM-SA,
+    "per_frame", "two_frame", "all_frame"; missing sites are "per_frame"); ``folder`` a folder to spill the maps
+    into (None: CPU RAM). Only what the edit will read is recorded (memory.recorded_store_steps): self maps and
+    STEM responsibilities inside ``self_fraction`` of the editing steps, cross maps inside ``cross_fraction``,
+    and the blend sites' cross maps wherever blend masks are needed (``blend_masks``). ``begin_inversion``
+    computes the store's size from the shapes first and refuses one that does not fit in free RAM (or, with a
+    folder, free disk); ``available(folder)`` overrides how much is free (tests).
     """
 
-    def __init__(self, sites, contexts=None, tau: float = 0.05, folder: str | None = None):
+    def __init__(self, sites, contexts=None, tau: float = 0.05, folder: str | None = None, num_bases: int = 256,
+                 self_fraction: float = 0.5, cross_fraction: float = 0.8, blend_masks: bool = True, available=None):
         self.sites = tuple(tuple(s) for s in sites)
         self.contexts = dict(contexts or {})
         self.tau = float(tau)
         self.folder = folder
+        self.num_bases = int(num_bases)
+        self.self_fraction, self.cross_fraction = float(self_fraction), float(cross_fraction)
+        self.blend_masks = bool(blend_masks)
+        self.available = available
+        chosen = [s for s in BLEND_MASK_SITES if s in self.sites]
+        self.blend_sites = tuple(chosen) if chosen else self.sites
         self.store = None
         self.sigmas = None
+        self.recorded = None
 
-    def __deepcopy__(self, memo):  # clones get their own empty recorder (no tensors copied)
-        return AttentionStoreWriter(self.sites, self.contexts, self.tau, self.folder)
+    def __deepcopy__(self, memo):  # clones get their own empty writer (no tensors copied)
+        return AttentionStoreWriter(self.sites, self.contexts, self.tau, self.folder, self.num_bases,
+                                    self.self_fraction, self.cross_fraction, self.blend_masks, self.available)
 
     def context_at(self, site) -> str:
         return self.contexts.get(tuple(site), "per_frame")
@@ -479,15 +494,49 @@ class AttentionStoreWriter:
     def to(self, device_or_dtype):
         return self
 
+    def store_bytes(self, frames: int, latent_hw, steps: int) -> int:
+        return fatezero_store_bytes(frames, latent_hw, self.sites, self.contexts, steps, self.num_bases,
+                                    self.self_fraction, self.cross_fraction, self.blend_masks, self.blend_sites)
+
+    def _preflight(self, frames: int, latent_hw, steps: int):
+        needed = self.store_bytes(frames, latent_hw, steps)
+        where = "free disk in ComfyUI's temp folder" if self.folder else "free RAM"
+        if self.available is not None:
+            available = self.available(self.folder)
+        else:
+            available = available_disk_bytes(self.folder) if self.folder else available_ram_bytes()
+        limit = int(available * 0.8)
+        if needed <= limit:
+            return
+        fits = largest_fitting(frames, lambda n: self.store_bytes(n, latent_hw, steps), limit)
+        h, w = (int(v) * 8 for v in latent_hw)
+        check_fits(needed, available, f"the FateZero attention store of {frames} frames of {w}x{h} px over {steps} "
+                                      f"steps at {len(self.sites)} layers ({where})",
+                   f"use at most {fits} frames (frame_load_cap), fewer layers (layers 'fatezero' stores 11 of 16), "
+                   f"shorter replace windows on STEM Attention Store (self {self.self_fraction}, cross "
+                   f"{self.cross_fraction}), fewer steps, or keep = temp_folder (disk instead of RAM)")
+
     # -- the inversion seam --------------------------------------------------------------------
-    def begin_inversion(self, frames, sigmas):
+    def begin_inversion(self, frames, sigmas, latent_hw=None):
         self.abort_inversion()
         sig = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
+        steps = len(sig) - 1
+        if latent_hw is not None:
+            self._preflight(int(frames), latent_hw, steps)  # before anything is allocated
+        self.recorded = recorded_store_steps(steps, self.self_fraction, self.cross_fraction, self.blend_masks)
         self.sigmas = sig[1:]  # inversion step i evaluates the model at its destination sigma sig[i + 1]
-        self.store = AttentionStore(len(sig) - 1, frames, self.folder,
+        self.store = AttentionStore(steps, frames, self.folder,
                                     info={"contexts": {site_name(s): self.context_at(s) for s in self.sites},
-                                          "tau": self.tau,
-                                          "sites": [site_name(s) for s in self.sites]})
+                                          "tau": self.tau, "sites": [site_name(s) for s in self.sites],
+                                          "recorded": self.recorded, "blend_sites": self.blend_sites,
+                                          "self_fraction": self.self_fraction,
+                                          "cross_fraction": self.cross_fraction, "blend_masks": self.blend_masks})
+
+    def records(self, step, kind, site) -> bool:
+        """Whether inversion step ``step`` keeps ``kind`` maps at ``site`` (only what the edit will read)."""
+        if kind in ("self", "resp"):
+            return step in self.recorded["self"]
+        return step in self.recorded["cross"] or (site in self.blend_sites and step in self.recorded["blend"])
 
     def finish_inversion(self, trajectory):
         store, self.store, self.sigmas = self.store, None, None
@@ -523,7 +572,7 @@ class AttentionStoreWriter:
             return n, context, value
         step = self._step(extra_options)
         cond_or_uncond, frames = video_batch(n.shape[0], extra_options)
-        if step is None or 0 not in cond_or_uncond:
+        if step is None or 0 not in cond_or_uncond or not self.records(step, "resp", site):
             return n, context, value
         z = extra_options.get(attn.RESPONSIBILITIES)
         if z is None:
@@ -557,7 +606,7 @@ class _RecordAttention:
         heads = int(extra_options["n_heads"])
         step = rec._step(extra_options) if rec.active else None
         cond_or_uncond, frames = video_batch(q.shape[0], extra_options)
-        if step is None or 0 not in cond_or_uncond:
+        if step is None or 0 not in cond_or_uncond or not rec.records(step, self.kind, self.site):
             if self.wrapped is not None:
                 return self.wrapped(q, k, v, extra_options)
             return attn.attention(q, k, v, heads)
@@ -602,8 +651,9 @@ class FusionPatches:
         self.steps = int(store.steps)
         self.latent_hw = tuple(int(s) for s in latent_hw)
         self.contexts = dict(contexts or {})
+        recorded = tuple(tuple(s) for s in store.info.get("blend_sites", ()))
         chosen = [s for s in blend_sites if s in store.sites("cross")]
-        self.blend_sites = tuple(chosen) if chosen else store.sites("cross")
+        self.blend_sites = recorded or (tuple(chosen) if chosen else store.sites("cross"))
         self._masks = {}
         self._target_sum = {}  # blend site -> running sum over editing steps of the target words' map [frames, HW]
         self.mask_sum = None
@@ -665,6 +715,9 @@ class FusionPatches:
         return m if device is None else m.to(device)
 
     def record_output_mask(self, edit_step: int, size):
+        sj = store_step(edit_step, self.steps)
+        if not self.settings.blend_positions or not all(self.store.has(sj, "cross", s) for s in self.blend_sites):
+            return
         m = self.mask(edit_step, size)
         if m is None:
             return
@@ -793,6 +846,24 @@ class _FuseCross:
 
 # ------------------------------------------------------------------------------------------------
 # the editing loop
+
+
+def check_recorded_windows(store: AttentionStore, settings: "FusionSettings", latent_blend: bool):
+    """STEMError when the edit would read maps the store did not record (the store keeps only its windows)."""
+    info = store.info
+    if "recorded" not in info:
+        return
+    for kind, wanted, fraction in (("self", settings.self_steps, "self_fraction"),
+                                   ("cross", settings.cross_steps, "cross_fraction")):
+        have = fused_steps(info[fraction], store.steps)
+        if wanted > have:
+            raise STEMError(f"the edit fuses {kind}-attention in {wanted} of {store.steps} steps but the store recorded "
+                            f"{have} ({kind}_replace_steps {info[fraction]} on STEM Attention Store)",
+                            input_name=f"{kind}_replace_steps",
+                            fix=f"lower {kind}_replace_steps here, or raise it on STEM Attention Store and invert again")
+    if (settings.blend_positions or (latent_blend and settings.target_blend_positions)) and not info["blend_masks"]:
+        raise STEMError("blend words need the blend masks, which the store did not record", input_name="blend_words",
+                        fix="turn blend_masks on in STEM Attention Store and invert again, or leave blend_words empty")
 
 
 def site_modes(settings, sites) -> dict:

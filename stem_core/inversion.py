@@ -269,14 +269,14 @@ def invert_video(run: Runner, latent: torch.Tensor, sampling_sigmas: torch.Tenso
 
     latent: unscaled LATENT samples [frames, 4, h, w]; sampling_sigmas: the descending schedule the edit
     will use; patch: the model's VideoAttentionPatch (its bases are recorded for replay) or None;
-    hooks: objects with begin_inversion(frames, sigmas) / finish_inversion(trajectory) / abort_inversion()
-    (e.g. the FateZero attention store). Returns (x_T unscaled [frames, 4, h, w], the trajectory).
+    hooks: objects with begin_inversion(frames, sigmas, latent_hw) / finish_inversion(trajectory) /
+    abort_inversion() (e.g. the FateZero attention store, which checks its size before anything runs). Returns (x_T unscaled [frames, 4, h, w], the trajectory).
     """
     frames = latent.shape[0]
     sigmas = inversion_sigmas(sampling_sigmas)
     recorded = {}
     for hook in hooks:
-        hook.begin_inversion(frames, sigmas)
+        hook.begin_inversion(frames, sigmas, tuple(latent.shape[-2:]))
     bases_by_sigma = {}
     if patch is not None and patch.settings.uses_bases_as_context:
         def keep_bases(event):

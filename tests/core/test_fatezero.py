@@ -198,7 +198,7 @@ def test_record_then_fuse_with_identical_inputs_is_identity():
     site = ("input", 7)
     inv_sigmas = torch.tensor([0.0, 1.0, 5.0, 14.0])      # steps = 3; step i evaluates the model at inv_sigmas[i + 1]
     samp_sigmas = torch.tensor([14.0, 5.0, 1.0, 0.0])
-    rec = fz.AttentionStoreWriter([site], {site: "two_frame"})
+    rec = fz.AttentionStoreWriter([site], {site: "two_frame"}, self_fraction=1.0, cross_fraction=1.0)
     rec.begin_inversion(frames, inv_sigmas)
     q, k, v = (torch.randn(frames, tokens, heads * d) for _ in range(3))
     ctx_k = torch.randn(frames, 77, heads * d)
@@ -233,7 +233,7 @@ def test_stem_responsibilities_are_recorded_and_reused():
     torch.manual_seed(0)
     frames, tokens, c, kb = 2, 8, 6, 4
     site = ("output", 3)
-    rec = fz.AttentionStoreWriter([site], {site: "stem"}, tau=0.05)
+    rec = fz.AttentionStoreWriter([site], {site: "stem"}, tau=0.05, self_fraction=1.0)
     rec.begin_inversion(frames, torch.tensor([0.0, 2.0]))
     n = torch.randn(frames, tokens, c)
     result = estimate_bases(n.reshape(1, -1, c), kb, 3, 0.05, return_responsibilities=True)
@@ -300,7 +300,7 @@ def test_fatezero_store_identity():
     frames, tokens, c, k = 3, 16, 8, 6
     site, sigma = ("input", 4), 2.0
     patch = VideoAttentionPatch(VideoAttentionSettings(num_bases=k, iterations=3, layers=(site,)))
-    writer = fz.AttentionStoreWriter([site], {site: "stem"}, tau=0.05)
+    writer = fz.AttentionStoreWriter([site], {site: "stem"}, tau=0.05, self_fraction=1.0, cross_fraction=1.0)
     writer.begin_inversion(frames, torch.tensor([0.0, sigma]))
     n = torch.randn(frames, tokens, c) + torch.randn(1, 1, c) * 3  # clustered-ish features
     eo = dict(_eo(site, sigma, frames), stem_record_responsibilities=(site,))
@@ -326,7 +326,7 @@ def test_fatezero_blend_outputs():
     text = torch.randn(frames, 77, c)
     patch = VideoAttentionPatch(VideoAttentionSettings(num_bases=k, iterations=3, layers=(site,)))
     # inversion of the source: bases, responsibilities, self and cross maps recorded at sigma
-    writer = fz.AttentionStoreWriter([site], {site: "stem"}, tau=0.05)
+    writer = fz.AttentionStoreWriter([site], {site: "stem"}, tau=0.05, self_fraction=1.0, cross_fraction=1.0)
     writer.begin_inversion(frames, torch.tensor([0.0, sigma]))
     n_src = torch.randn(frames, tokens, c)
     eo = dict(_eo(site, sigma, frames, heads=heads), stem_record_responsibilities=(site,))
@@ -354,7 +354,7 @@ def test_fatezero_reweight_window():
     frames, tokens, heads, d = 2, 16, 2, 4
     site = ("input", 7)
     sigmas = torch.tensor([0.0, 1.0, 5.0])  # two steps; editing step 0 at 5.0, step 1 at 1.0
-    writer = fz.AttentionStoreWriter([site], {site: "per_frame"})
+    writer = fz.AttentionStoreWriter([site], {site: "per_frame"}, cross_fraction=1.0)
     writer.begin_inversion(frames, sigmas)
     q, text = torch.randn(frames, tokens, heads * d), torch.randn(frames, 77, heads * d)
     for s in (1.0, 5.0):
@@ -416,3 +416,20 @@ def test_default_target_blend_words_are_the_edited_words():
     assert fz.differing_words("a wolf standing in the snow", "a marble wolf standing in the desert") == \
         ["marble", "desert"]
     assert fz.differing_words("a red car", "a red car") == []
+
+
+def test_store_records_only_what_the_edit_reads():
+    """memory.recorded_store_steps: editing step j reads store step N-1-j; self maps inside the self window, cross
+    maps inside the cross window, blend-site cross maps in the self and latent-blend windows too."""
+    from comfyui_stem.stem_core.memory import recorded_store_steps
+    rec = recorded_store_steps(10, 0.5, 0.8, blend_masks=True)
+    assert rec["self"] == [5, 6, 7, 8, 9] and rec["cross"] == [2, 3, 4, 5, 6, 7, 8, 9]
+    assert rec["blend"] == [3, 4, 5, 6, 7, 8, 9]  # editing steps 0..4 and the latent window j = 2..6
+    assert recorded_store_steps(10, 0.5, 0.8, blend_masks=False)["blend"] == []
+    site = ("input", 7)
+    writer = fz.AttentionStoreWriter([site], {site: "per_frame"}, self_fraction=0.2, cross_fraction=0.0,
+                                     blend_masks=False, available=lambda folder: 10 ** 12)
+    writer.begin_inversion(2, torch.linspace(0.0, 5.0, 6), (16, 16))
+    assert writer.records(4, "self", site) and not writer.records(2, "self", site)
+    assert not writer.records(4, "cross", site)
+    writer.abort_inversion()

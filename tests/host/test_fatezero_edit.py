@@ -39,10 +39,13 @@ def rel(a, b):
     return float((a - b).abs().mean() / b.abs().mean())
 
 
-def invert_with_store(node, model, latent, cond, context, steps, keep="cpu", layers="fatezero", num_bases=16):
+def invert_with_store(node, model, latent, cond, context, steps, keep="cpu", layers="fatezero", num_bases=16,
+                      windows=(1.0, 1.0)):
+    """Invert with a store; ``windows`` (self, cross) the store records (1.0, 1.0: every step, so that any edit
+    window can be tested; the node's defaults are the STEM paper's 0.5 / 0.8)."""
     patched = model if context == "plain" else node("STEMBasisEstimate").patch(
         model, context, num_bases, 2, 0.05, 0, "paper", "all", True, "tokens", 0)[0]
-    recording = node("STEMAttentionStore").apply(patched, layers, keep)[0]
+    recording = node("STEMAttentionStore").apply(patched, layers, keep, *windows)[0]
     _, traj, _ = node("STEMInvert").invert(recording, latent, cond, steps)
     return patched, recording, traj
 
@@ -283,12 +286,20 @@ def test_store_size_preflight(comfy_host, tiny, node, clips):
     model, clip, _ = tiny
     latent, cond = encode(comfy_host, tiny, load_clip(clips, 3, SIZE), SOURCE)
     with torch.no_grad():
-        _, _, traj = invert_with_store(node, model, latent, cond, "stem", STEPS)
+        _, _, traj = invert_with_store(node, model, latent, cond, "stem", STEPS, windows=(0.5, 0.8))
     store = traj.extras["attention_store"]
     sites = parse_layers("fatezero")
+    # the store node's defaults: self window 0.5, cross window 0.8, blend masks on
     estimate = fatezero_store_bytes(frames=3, latent_hw=(SIZE // 8, SIZE // 8), sites=sites,
-                                    modes={s: "stem" for s in sites}, steps=STEPS, num_bases=16)
+                                    modes={s: "stem" for s in sites}, steps=STEPS, num_bases=16, self_fraction=0.5,
+                                    cross_fraction=0.8, blend_masks=True, blend_sites=BLEND_MASK_SITES)
     assert estimate == store.nbytes(), (estimate, store.nbytes())
+    # the store kept only the windows it was told: a wider edit window is refused with the fix
+    patched_model = node("STEMBasisEstimate").patch(
+        model, "stem", 16, 2, 0.05, 0, "paper", "all", True, "tokens", 0)[0]
+    with pytest.raises(STEMError, match="self_replace_steps: the edit fuses self-attention in 5 of 5 steps but the "
+                                        "store recorded 2"):
+        edit(node, patched_model, traj, clip, self_=1.0)
     store.free()
 
     big = {"samples": torch.zeros(48, 4, 64, 64)}
