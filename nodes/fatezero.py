@@ -226,6 +226,8 @@ class STEMFateZeroEdit:
             target_blend_positions=tuple(sorted({p for ps in target_blend.values() for p in ps})))
         check_recorded_windows(store, settings, latent_blend)
         m, fusion = fusion_clone(model, trajectory, store, settings)
+        host.preflight_sampling(m, self.TITLE, trajectory.frames, trajectory.latent_size, _video_settings(m),
+                                groups=1 if float(cfg) == 1.0 else 2)
         run = host.sampler_runner(m, host.encode_prompt(clip, target_prompt), host.encode_prompt(clip, ""), float(cfg))
         try:
             with torch.no_grad():

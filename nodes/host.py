@@ -22,6 +22,7 @@ import folder_paths
 
 from ..stem_core.attention import VideoAttentionPatch, install_plan
 from ..stem_core.errors import STEMError
+from ..stem_core.memory import HEADROOM, check_fits, describe_parts, largest_fitting, sampling_bytes
 
 CATEGORY_ROOT = "STEM video editing"
 MAX_STEPS = 1000
@@ -359,6 +360,49 @@ def run_guarded(what: str, fn, settings_hint: str = ""):
 def free_memory_bytes(device=None) -> int:
     """Free memory of a device as ComfyUI sees it (RAM for the CPU)."""
     return int(comfy.model_management.get_free_memory(device or comfy.model_management.get_torch_device()))
+
+
+def cpu_device():
+    return torch.device("cpu")
+
+
+def model_width(model) -> int:
+    unet = getattr(getattr(model.model, "model_config", None), "unet_config", {}) or {}
+    return int(unet.get("model_channels", 320))
+
+
+def model_dtype(model) -> torch.dtype:
+    try:
+        return model.model_dtype()
+    except Exception:
+        return torch.float32
+
+
+def model_itemsize(model) -> int:
+    return torch.empty((), dtype=model_dtype(model)).element_size()
+
+
+def preflight_sampling(model, what: str, frames: int, latent_hw, settings=None, groups: int = 1,
+                       extra: dict | None = None):
+    """Refuse before sampling when the UNet calls over the whole video, STEM's EM and the attention of the largest
+    layer (stem_core.memory.sampling_bytes), plus ``extra`` parts, do not fit in the free memory of ComfyUI's
+    device; the message gives the parts, the limit and the frame count that fits."""
+    mode = settings.mode if settings is not None else "per_frame"
+    num_bases = settings.num_bases if settings is not None else 256
+    chunk = settings.chunk_tokens if settings is not None else None
+    width, itemsize = model_width(model), model_itemsize(model)
+
+    def total(n):
+        parts = sampling_bytes(n, latent_hw, mode, num_bases, width, groups, chunk, itemsize)
+        return sum(parts.values()) + sum((extra or {}).values()) * n // max(frames, 1)
+
+    parts = dict(sampling_bytes(frames, latent_hw, mode, num_bases, width, groups, chunk, itemsize), **(extra or {}))
+    available = free_memory_bytes()
+    fits = largest_fitting(frames, total, int(available * HEADROOM))
+    h, w = (int(v) * 8 for v in latent_hw)
+    check_fits(sum(parts.values()), available, f"{what} of {frames} frames of {w}x{h} px ({describe_parts(parts)})",
+               f"use at most {fits} frames (frame_load_cap / select_every_nth on the loader) or a smaller size "
+               f"(custom_width / custom_height){'; chunk_tokens on STEM Video Attention bounds EM' if mode == 'stem' else ''}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import torch
 from ..stem_core.attention import MODES, VARIANTS, VideoAttentionSettings
 from ..stem_core.errors import STEMError
 from ..stem_core.inversion import InversionTrajectory, invert_video, reconstruct_video
+from ..stem_core.memory import trajectory_bytes
 from ..stem_core.sites import parse_layers
 from . import host
 
@@ -99,6 +100,10 @@ class STEMInvert:
         host.check_conditioning(source_conditioning, model, "source_conditioning")
         host.check_steps(steps)
         m, patch = host.video_clone(model, samples.shape[0])
+        latent_hw = tuple(samples.shape[-2:])
+        host.preflight_sampling(m, "STEM inversion", samples.shape[0], latent_hw, patch and patch.settings,
+                                extra={"trajectory": trajectory_bytes(samples.shape[0], latent_hw, int(steps),
+                                                                      host.model_itemsize(m))})
         hooks = [p for p in host.all_patch_objects(m) if hasattr(p, "begin_inversion")]
         settings = dict(vars(patch.settings), tau=patch.settings.effective_tau,
                         iterations=patch.settings.effective_iterations) if patch is not None else {"mode": "per_frame"}
@@ -108,7 +113,7 @@ class STEMInvert:
             out, traj = host.run_guarded("STEM inversion", lambda: invert_video(
                 run, samples, host.ddim_sigmas(m, int(steps)), host.latent_scale(m), patch, hooks,
                 host.Progress(steps), requested_steps=int(steps), settings=settings,
-                source_conditioning=source_conditioning))
+                source_conditioning=source_conditioning, store_dtype=host.model_dtype(m)))
         logging.info("[STEM] %s", traj.describe())
         return ({"samples": out}, traj, traj.describe())
 
@@ -145,6 +150,8 @@ class STEMReconstruct:
         host.check_conditioning(cond, model, "conditioning")
         m, patch = host.video_clone(model, trajectory.frames)
         host.check_same_schedule(m, trajectory)
+        host.preflight_sampling(m, "STEM reconstruction", trajectory.frames, trajectory.latent_size,
+                                patch and patch.settings)
         run = host.sampler_runner(m, cond, cond, 1.0)
         with torch.no_grad():
             out = host.run_guarded("STEM reconstruction", lambda: reconstruct_video(

@@ -8,6 +8,7 @@ from torch import nn
 from ..stem_core.attention import BaselineAttention, VideoAttentionPatch
 from ..stem_core.errors import STEMError
 from ..stem_core.inversion import InversionTrajectory
+from ..stem_core.memory import tokenflow_store_bytes
 from ..stem_core.sites import SD15_KEYS, TOKENFLOW_RESIDUAL_MODULE
 from ..stem_core.tokenflow import BLEND_MODES, TokenFlowHooks, TokenFlowSettings, edit_video
 from . import host
@@ -49,6 +50,10 @@ def tokenflow_edit(model, trajectory, positive, negative, source_conditioning, s
     h, w = trajectory.latent_size
     chunk = settings.chunk_size
     pass_frames = max(-(-trajectory.frames // chunk), min(chunk, trajectory.frames))
+    scale = host.model_width(m) / 320.0
+    host.preflight_sampling(m, "STEM TokenFlow Edit (one UNet pass)", pass_frames, (h, w), groups=settings.groups,
+                            extra={"keyframe store": tokenflow_store_bytes(trajectory.frames, (h, w), chunk,
+                                                                           settings.groups, scale, SD15_KEYS)})
     device = host.load_for_direct_calls(m, [settings.groups * pass_frames, 4, h, w])
     named = [(source_conditioning, "source_conditioning")] + \
         ([(negative, "negative")] if settings.groups == 3 else []) + [(positive, "positive")]

@@ -107,7 +107,8 @@ class STEMVideoLoad:
 
         clip = load_video(path, force_rate=force_rate, custom_width=custom_width, custom_height=custom_height,
                           frame_load_cap=frame_load_cap, skip_first_frames=skip_first_frames,
-                          select_every_nth=select_every_nth, size_mode=size_mode, on_frame=on_frame, name=video)
+                          select_every_nth=select_every_nth, size_mode=size_mode, on_frame=on_frame, name=video,
+                          available_bytes=host.free_memory_bytes(host.cpu_device()))
         return (clip.frames, clip.frame_count, clip.fps, clip.audio, clip.describe())
 
 

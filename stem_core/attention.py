@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .em import check_em_settings, estimate_bases, released_variant_bases
+from .em import Workspace, check_em_settings, estimate_bases, released_variant_bases
 from .errors import STEMError
 from .sites import SD15_KEYS, site_of, two_frame_sites
 
@@ -328,6 +328,7 @@ class VideoAttentionSettings:
 class _RunState:
     """Per-run state: warm-start bases and observers. Never shared between clones."""
     warm: dict = field(default_factory=dict)       # key -> (sigma, direction, bases)
+    workspace: Workspace = field(default_factory=Workspace)  # the E-step's logits buffer, reused by every layer
     observers: list = field(default_factory=list)  # callables(event: dict)
     warned_clamp: bool = False
     replay: Optional[list] = None  # [(sigma, {site: bases [G, K, C]})] recorded by an inversion
@@ -442,7 +443,7 @@ class VideoAttentionPatch:
             result = estimate_bases(x, self.effective_bases(x.shape[1]), s.iterations, s.tau, seed=s.seed,
                                     init=s.init, init_bases=self._warm_bases(key, sigma),
                                     chunk_tokens=s.chunk_tokens, normalize=s.normalize,
-                                    return_responsibilities=keep)
+                                    return_responsibilities=keep, workspace=self.state.workspace)
             bases = result.bases  # [groups, K, C]
             if keep:
                 extra_options[RESPONSIBILITIES] = result.responsibilities  # [groups, frames * L, K]

@@ -155,13 +155,40 @@ def _resolve_chunk(chunk_tokens, groups: int, tokens: int, num_bases: int, items
 # core passes
 
 
-def _chunk_responsibilities(x_chunk: torch.Tensor, bases_t: torch.Tensor, inv_tau: float) -> Tuple[torch.Tensor, torch.Tensor]:
+class Workspace:
+    """A reusable buffer for the E-step's [G, chunk, K] logits, so that EM over every layer at every step does
+    not ask the allocator for a fresh block of up to RESPONSIBILITY_BUDGET_BYTES each time (on the CPU such
+    blocks come from and go back to the kernel: measured as system time and page faults, bench/README.md).
+    Holds one tensor; ``view(shape, dtype, device)`` returns a view of it, growing it when needed."""
+
+    def __init__(self):
+        self.buffer: Optional[torch.Tensor] = None
+
+    def view(self, shape, dtype: torch.dtype, device) -> torch.Tensor:
+        numel = math.prod(shape)
+        b = self.buffer
+        if b is None or b.dtype != dtype or b.device != torch.device(device) or b.numel() < numel:
+            self.buffer = b = torch.empty(numel, dtype=dtype, device=device)
+        return b[:numel].view(shape)
+
+    def release(self):
+        self.buffer = None
+
+
+def _chunk_responsibilities(x_chunk: torch.Tensor, bases_t: torch.Tensor, inv_tau: float,
+                            workspace: Optional[Workspace] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Responsibilities of one token chunk.
 
     x_chunk [G, c, C] and bases_t [G, C, K] in the compute dtype -> (z [G, c, K], logsumexp [G, c]) with the
-    logsumexp of the logits, i.e. the per-token soft maximum divided by tau.
+    logsumexp of the logits, i.e. the per-token soft maximum divided by tau. With a workspace z is a view of its
+    buffer (valid until the next chunk).
     """
-    logits = torch.bmm(x_chunk, bases_t).mul_(inv_tau)
+    shape = (x_chunk.shape[0], x_chunk.shape[1], bases_t.shape[2])
+    if workspace is None:
+        logits = torch.bmm(x_chunk, bases_t)
+    else:
+        logits = torch.bmm(x_chunk, bases_t, out=workspace.view(shape, x_chunk.dtype, x_chunk.device))
+    logits.mul_(inv_tau)
     # Max-subtraction keeps exp() finite for any tau; dividing by the sum (rather than subtracting a
     # logsumexp) makes every row sum to 1 to rounding. In place: one [G, c, K] buffer.
     row_max = logits.amax(dim=-1, keepdim=True)
@@ -184,6 +211,7 @@ def _em_pass(
     values: Optional[torch.Tensor] = None,
     keep_responsibilities: bool = False,
     normalize_x: bool = False,
+    workspace: Optional[Workspace] = None,
 ):
     """One fused E-step + M-step accumulation over token chunks.
 
@@ -213,7 +241,8 @@ def _em_pass(
         stop = min(start + chunk, tokens)
         # Cast per chunk so fp16 inputs never need a full fp32 copy of x.
         x_chunk = x[:, start:stop].to(compute)
-        z, lse = _chunk_responsibilities(F.normalize(x_chunk, dim=-1) if normalize_x else x_chunk, bases_t, inv_tau)
+        z, lse = _chunk_responsibilities(F.normalize(x_chunk, dim=-1) if normalize_x else x_chunk, bases_t, inv_tau,
+                                         workspace)
         z_t = z.transpose(1, 2)
         sum_zx.baddbmm_(z_t, x_chunk)
         mass.add_(z.sum(dim=1))
@@ -393,6 +422,7 @@ def estimate_bases(
     chunk_tokens: Optional[int] = None,
     normalize: bool = False,
     return_responsibilities: bool = False,
+    workspace: Optional[Workspace] = None,
 ) -> EMResult:
     """Estimate K bases of the features x by R EM iterations (paper Alg. 1, Eq. 8-11).
 
@@ -409,6 +439,8 @@ def estimate_bases(
     normalize: run the E-step on L2-normalised tokens and bases (cosine similarities / tau); the M-step still
         returns unnormalised weighted means of the raw tokens.
     return_responsibilities: also return the last responsibilities [G, M, K].
+    workspace: a :class:`Workspace` whose buffer the E-steps reuse (one per caller: a patch keeps one for all
+        layers and steps); None allocates per chunk.
     Returns an :class:`EMResult` with bases [G, K, C] in x.dtype.
     """
     k, r, tau_value, seed_value = _validate_settings(x, num_bases, iterations, tau, seed, init, init_bases)
@@ -420,7 +452,7 @@ def estimate_bases(
         estep_bases = F.normalize(bases, dim=-1) if normalize else bases
         keep = return_responsibilities and iteration == r - 1
         sum_zx, mass, _, z, objective = _em_pass(x, estep_bases, tau_value, chunk, keep_responsibilities=keep,
-                                                 normalize_x=normalize)
+                                                 normalize_x=normalize, workspace=workspace)
         bases = _finish_m_step(sum_zx, mass, previous=bases)
         objectives.append(objective)
         if keep:
@@ -429,7 +461,7 @@ def estimate_bases(
     if return_responsibilities and r == 0:
         estep_bases = F.normalize(bases, dim=-1) if normalize else bases
         _, _, _, responsibilities, _ = _em_pass(x, estep_bases, tau_value, chunk, keep_responsibilities=True,
-                                                normalize_x=normalize)
+                                                normalize_x=normalize, workspace=workspace)
 
     history = torch.stack(objectives).tolist() if objectives else []
     return EMResult(bases=bases.to(x.dtype), responsibilities=responsibilities, objective=history, num_bases=k)

@@ -178,7 +178,7 @@ def ddim_sample(
 class InversionTrajectory:
     """Every latent of one DDIM inversion run, in the sampler's (scaled, sigma-space) units.
 
-    latents:          list of steps + 1 tensors [frames, 4, h, w] on the CPU; [0] is the clean
+    latents:          list of steps + 1 tensors [frames, 4, h, w] on the CPU (the model's dtype); [0] is the clean
                       (scaled) latent, [-1] the noisiest one (x at sigma_max).
     inversion_sigmas: ascending [steps + 1]: 0, then the DDIM sigmas (sampling_sigmas reversed).
     sampling_sigmas:  descending [steps + 1] ending in 0 (ComfyUI's ddim_uniform schedule).
@@ -217,7 +217,7 @@ class InversionTrajectory:
 
     def noisiest_unscaled(self) -> torch.Tensor:
         """x_T as an unscaled LATENT tensor [frames, 4, h, w] (what KSamplerAdvanced expects)."""
-        return self.latents[-1] / self.latent_scale
+        return self.latents[-1].float() / self.latent_scale
 
     def latent_at_sampling_step(self, i: int) -> torch.Tensor:
         """The inverted latent whose sigma equals sampling_sigmas[i] (i = 0 is the noisiest)."""
@@ -264,7 +264,8 @@ def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
 
 def invert_video(run: Runner, latent: torch.Tensor, sampling_sigmas: torch.Tensor, latent_scale: float, patch=None, hooks=(), on_step: StepCallback = None,
                  requested_steps: Optional[int] = None, settings: Optional[dict] = None,
-                 source_conditioning=None) -> Tuple[torch.Tensor, "InversionTrajectory"]:
+                 source_conditioning=None, store_dtype: torch.dtype = torch.float32
+                 ) -> Tuple[torch.Tensor, "InversionTrajectory"]:
     """Invert every frame of a video at once.
 
     latent: unscaled LATENT samples [frames, 4, h, w]; sampling_sigmas: the descending schedule the edit
@@ -286,7 +287,7 @@ def invert_video(run: Runner, latent: torch.Tensor, sampling_sigmas: torch.Tenso
 
     def loop(denoise, x, sigmas_in):
         x_t, latents = ddim_invert(denoise, x, sigmas_in, on_step=on_step)
-        recorded["latents"] = [t.detach().to("cpu", torch.float32) for t in latents]
+        recorded["latents"] = [t.detach().to("cpu", store_dtype) for t in latents]
         return x_t
 
     try:

@@ -50,7 +50,8 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import VideoLoadError
+from .errors import MemoryBudgetError, VideoLoadError
+from .memory import HEADROOM, gb, video_frames_bytes
 
 try:  # PyAV is optional: exact frame rates and audio
     import av  # type: ignore
@@ -242,24 +243,50 @@ class _Selection:
 
 
 class _Frames:
-    """Collects fitted uint8 RGB frames, then builds the float tensor one frame at a time."""
+    """Collects fitted uint8 RGB frames, then builds the float tensor one frame at a time.
 
-    def __init__(self, name: str, custom_width: int, custom_height: int, mode: str, strict_size: bool):
+    ``available`` (bytes of free memory, or None) bounds what the frames may take: once the first frame fixes the
+    size, the frames ``expected`` to be selected are checked before any more is decoded, and the running count
+    afterwards (for files that do not say how many frames they hold)."""
+
+    def __init__(self, name: str, custom_width: int, custom_height: int, mode: str, strict_size: bool,
+                 available: Optional[int] = None, expected: Optional[int] = None):
         self.name, self.cw, self.ch = name, custom_width, custom_height
         self.mode, self.strict = mode, strict_size
         self.items: List[np.ndarray] = []
         self.plan = None
         self.src_size = None
+        self.available, self.expected = available, expected
+
+    def _check_memory(self, frames: int):
+        if self.available is None:
+            return
+        fw, fh = self.plan[0], self.plan[1]
+        needed = video_frames_bytes(frames, fw, fh)
+        limit = int(self.available * HEADROOM)
+        if needed <= limit:
+            return
+        per_frame = video_frames_bytes(1, fw, fh)
+        fits = max(0, limit // per_frame)
+        scale = math.sqrt(limit / needed)
+        width = max(8, int(fw * scale) // 8 * 8)
+        raise MemoryBudgetError(
+            f"{self.name}: {frames} frames of {fw}x{fh} need {gb(needed)} as float32 frames (and their decoded "
+            f"copies), {gb(self.available)} free ({gb(limit)} usable): set frame_load_cap <= {fits} or "
+            f"custom_width {width} (or select_every_nth / force_rate to take fewer frames)")
 
     def add(self, rgb: np.ndarray, label: str, copies: int = 1):
         h, w = rgb.shape[:2]
         if self.plan is None:
             self.src_size = (w, h)
             self.plan = _plan_size(w, h, self.cw, self.ch, self.mode, self.name)
+            if self.expected:
+                self._check_memory(self.expected)
         elif (w, h) != self.src_size and self.strict:
             raise VideoLoadError(
                 f"{self.name}: {label} is {w}x{h} but the first frame is {self.src_size[0]}x"
                 f"{self.src_size[1]}; all images of a frame folder must have the same size")
+        self._check_memory(len(self.items) + copies)
         fitted = _fit(rgb, self.plan)
         for _ in range(copies):
             self.items.append(fitted)
@@ -376,12 +403,13 @@ def load_video(path: Union[str, os.PathLike], *, force_rate: float = 0.0, custom
                custom_height: int = 0, frame_load_cap: int = 0, skip_first_frames: int = 0,
                select_every_nth: int = 1, size_mode: str = "resize", max_frames: int = DEFAULT_MAX_FRAMES,
                on_frame: Optional[OnFrame] = None, load_audio_track: bool = True,
-               name: Optional[str] = None) -> VideoClip:
+               name: Optional[str] = None, available_bytes: Optional[int] = None) -> VideoClip:
     """Load a video file or a folder of images (see the module docstring for every option).
 
     on_frame(done, expected) is called after each source frame is read (for progress and
     cancellation; it may raise to abort). `name` is how messages refer to the input (default: the
-    path)."""
+    path). ``available_bytes`` (free memory): a selection whose frames would not fit is refused with
+    MemoryBudgetError as soon as the first frame gives the size, before the rest is decoded."""
     path = Path(path)
     name = f"'{name if name is not None else str(path)}'"
     force_rate, o = _check_options(name, force_rate, custom_width, custom_height, frame_load_cap,
@@ -390,8 +418,8 @@ def load_video(path: Union[str, os.PathLike], *, force_rate: float = 0.0, custom
         raise VideoLoadError(f"video {name} not found; check the name or put the file in the input folder")
     sel = _Selection(o["skip_first_frames"], o["select_every_nth"], o["frame_load_cap"], o["max_frames"], name)
     if path.is_dir():
-        return _load_folder(path, name, force_rate, o, size_mode, sel, on_frame)
-    return _load_file(path, name, force_rate, o, size_mode, sel, on_frame, load_audio_track)
+        return _load_folder(path, name, force_rate, o, size_mode, sel, on_frame, available_bytes)
+    return _load_file(path, name, force_rate, o, size_mode, sel, on_frame, load_audio_track, available_bytes)
 
 
 def _zero_selected(name: str, total_out: int, o: dict, what: str) -> VideoLoadError:
@@ -402,7 +430,7 @@ def _zero_selected(name: str, total_out: int, o: dict, what: str) -> VideoLoadEr
 
 
 def _load_file(path: Path, name: str, force_rate: float, o: dict, size_mode: str, sel: _Selection,
-               on_frame: Optional[OnFrame], want_audio: bool) -> VideoClip:
+               on_frame: Optional[OnFrame], want_audio: bool, available: Optional[int] = None) -> VideoClip:
     if not path.is_file():
         raise VideoLoadError(f"{name} is not a regular file or folder; pick a video file or a frame folder")
     if path.stat().st_size == 0:
@@ -439,7 +467,17 @@ def _load_file(path: Path, name: str, force_rate: float, o: dict, size_mode: str
             need_src = math.ceil(needed / ratio)
             expected = min(declared, need_src) if declared else need_src
 
-        frames = _Frames(name, o["custom_width"], o["custom_height"], size_mode, strict_size=False)
+        # frames the selection will take, when the container's count is plausible (a header can lie: a few bytes
+        # per frame is not a video), so a clip that cannot fit is refused after its first frame
+        plausible = declared and path.stat().st_size / declared >= 16
+        selected = None
+        if plausible:
+            outputs = int(math.floor(expected * ratio)) if force_rate > 0 else expected
+            selected = max(0, -(-(outputs - o["skip_first_frames"]) // o["select_every_nth"]))
+            if o["frame_load_cap"]:
+                selected = min(selected, o["frame_load_cap"])
+        frames = _Frames(name, o["custom_width"], o["custom_height"], size_mode, strict_size=False,
+                         available=available, expected=selected)
         read = 0
         out_total = 0
         while not sel.full:
@@ -543,7 +581,7 @@ def _read_image(p: Path, name: str) -> np.ndarray:
 
 
 def _load_folder(folder: Path, name: str, force_rate: float, o: dict, size_mode: str, sel: _Selection,
-                 on_frame: Optional[OnFrame]) -> VideoClip:
+                 on_frame: Optional[OnFrame], available: Optional[int] = None) -> VideoClip:
     images = _folder_images(folder)
     if not images:
         raise VideoLoadError(
@@ -551,7 +589,11 @@ def _load_folder(folder: Path, name: str, force_rate: float, o: dict, size_mode:
             f"there as 00000.png, 00001.png, ... or pick a video file")
     needed = sel.needed_outputs()
     expected = len(images) if needed is None else min(len(images), needed)
-    frames = _Frames(name, o["custom_width"], o["custom_height"], size_mode, strict_size=True)
+    selected = max(0, -(-(len(images) - o["skip_first_frames"]) // o["select_every_nth"]))
+    if o["frame_load_cap"]:
+        selected = min(selected, o["frame_load_cap"])
+    frames = _Frames(name, o["custom_width"], o["custom_height"], size_mode, strict_size=True,
+                     available=available, expected=selected)
     read = 0
     for i, p in enumerate(images):
         if sel.full:

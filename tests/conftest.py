@@ -25,6 +25,13 @@ def clips(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def clip_4k(tmp_path_factory) -> Path:
+    """300 frames of 3840x2160 (tests/fixtures/clips.py make_4k_clip): a clip no node can hold in memory here."""
+    from tests.fixtures.clips import make_4k_clip
+    return make_4k_clip(tmp_path_factory.mktemp("clip4k") / "clip_4k.mp4")
+
+
+@pytest.fixture(scope="session")
 def shared_videos() -> Path:
     """The real clips of ../shared/data/videos (CI has them); a newcomer's clone has none: skip, saying so."""
     if not (SHARED_VIDEOS / "wolf.mp4").exists():

@@ -64,3 +64,20 @@ def test_bad_prompt_is_refused_cleanly_and_server_keeps_serving(server, server_i
     assert "frames" in str(err.value) and "Traceback" not in str(err.value).splitlines()[0]
 
     assert run(wf)["files"], "the server must keep serving after bad prompts"
+
+
+def test_4k_clip_is_refused_with_figures_and_the_server_keeps_serving(server, server_input, run, clip_4k):
+    """300 frames of 3840x2160 through the real server: the loader refuses before decoding the clip, saying what
+    it would need, what is free and what fits; the next prompt runs."""
+    import shutil
+    from tests.conftest import COMFYUI_DIR
+    shutil.copy(clip_4k, COMFYUI_DIR / "input" / "stem_test_clips" / "clip_4k.mp4")
+    wf = small(load_api("stem_reconstruction"), "stem_test_clips/clip_4k.mp4")
+    for node in wf.values():
+        if node["class_type"] == "STEMVideoLoad":
+            node["inputs"].update(frame_load_cap=0, custom_width=0, custom_height=0)
+    with pytest.raises(cc.ExecutionFailed) as err:
+        run(wf)
+    text = str(err.value).splitlines()[0]
+    assert "MemoryBudgetError" in text and "300 frames of 3840x2160 need" in text and "frame_load_cap <=" in text, text
+    assert run(small(load_api("stem_reconstruction"), server_input("wolf.mp4")))["files"]
