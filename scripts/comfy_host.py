@@ -102,6 +102,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+# glibc hands every large block (an activation tensor of a long clip) straight back to the kernel and gets it again
+# on the next UNet call: on 120 frames of 512x512 that was 29% of the CPU time in the kernel and 33 M page faults.
+# Keeping freed memory in the process brings it to 1% (bench/README.md, long_clip). Set for the servers this module
+# starts; STEM_MALLOC_TUNING=0 leaves the environment alone.
+MALLOC_TUNING = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 36), "MALLOC_TOP_PAD_": str(1 << 28)}
+
+
+def server_environment() -> dict:
+    env = dict(os.environ)
+    if env.get("STEM_MALLOC_TUNING", "1") != "0":
+        for key, value in MALLOC_TUNING.items():
+            env.setdefault(key, value)
+    return env
+
+
 class ServerHandle:
     """A ComfyUI started by ``start_server``: ``address`` ("127.0.0.1:PORT"), ``process``, ``log_path``."""
 
@@ -149,7 +164,7 @@ def start_server(comfyui_dir: str, python: Optional[str] = None, port: int = 0, 
         log(f"starting ComfyUI: {' '.join(shlex.quote(c) for c in cmd)} (in {comfyui_dir}; log {log_path})")
     log_file = open(log_path, "wb")
     proc = subprocess.Popen(cmd, cwd=comfyui_dir, stdout=log_file, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, env=server_environment())
     handle = ServerHandle(address, proc, log_path)
     try:
         t0 = time.monotonic()
