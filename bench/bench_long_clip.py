@@ -1,7 +1,7 @@
 """Long clip: load, encode and STEM-invert a long 512x512 clip with the tiny model in a child process, and report
 wall, user and system time, peak RSS and minor page faults (from the child's rusage).
 
-    python -m bench.bench_long_clip [--frames 120] [--size 512] [--steps 5] [--out bench/results]
+    python -m bench.bench_long_clip [--frames 120] [--size 512] [--steps 5] [--no-malloc-tuning] [--out ...]
 
 The clip is synthetic (scripts/demo_clip.py), written once into the results folder. The child runs the pack's
 nodes as ComfyUI runs them (in-process host, STEM Load Video -> VAE Encode (the tiny model's pooling VAE) ->
@@ -20,11 +20,11 @@ from pathlib import Path
 from . import DEFAULT_OUT, REPO, bench_args, machine_info, markdown_table, publish
 
 
-def _child(clip: str, frames: int, size: int, steps: int) -> dict:
+def _child(clip: str, frames: int, size: int, steps: int, device: str = "cpu") -> dict:
     import torch
 
     from . import boot_host
-    host = boot_host(torch.device("cpu"), torch.float32)
+    host = boot_host(torch.device(device), torch.float32)
     from importlib import import_module
     testing = import_module(f"{host['pack'].__name__}.nodes.testing")
     pooling = import_module("comfyui_stem.stem_core.tiny_vae").PoolingVAE()
@@ -43,12 +43,25 @@ def _child(clip: str, frames: int, size: int, steps: int) -> dict:
     return {"inner_wall_s": time.perf_counter() - t0, "trajectory_bytes": traj.nbytes()}
 
 
-def measure(clip: str, frames: int, size: int, steps: int, env: dict | None = None) -> dict:
-    """Run the child once; its rusage gives user/sys time, peak RSS and page faults."""
+def child_environment(malloc_tuning: bool, extra: dict) -> dict:
+    """The child's environment: no inherited glibc malloc settings (run_all sets some for its peak-memory
+    readings), then the tuning the pack's servers run with (scripts/comfy_host.MALLOC_TUNING) unless switched
+    off, then ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    if malloc_tuning:
+        sys.path.insert(0, str(REPO / "scripts"))
+        from comfy_host import MALLOC_TUNING
+        env.update(MALLOC_TUNING)
+    env.update(extra)
+    return env
+
+
+def measure(clip: str, frames: int, size: int, steps: int, env: dict, device: str = "cpu") -> dict:
+    """Run the child once in ``env``; its rusage gives user/sys time, peak RSS and page faults."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "bench.bench_long_clip", "--child", clip, str(frames), str(size),
-                           str(steps)], cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})})
+                           str(steps), device], cwd=REPO, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -73,7 +86,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         clip, frames, size, steps = argv[1], *map(int, argv[2:5])
-        print(json.dumps(_child(clip, frames, size, steps)))
+        print(json.dumps(_child(clip, frames, size, steps, *argv[5:6])))
         return
 
     def extra(p):
@@ -81,8 +94,10 @@ def main(argv=None):
         p.add_argument("--size", type=int, default=512)
         p.add_argument("--steps", type=int, default=5)
         p.add_argument("--label", default="")
+        p.add_argument("--no-malloc-tuning", action="store_true",
+                       help="run the child with glibc's default malloc settings (the 'before' rows)")
         p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                       help="environment of the child (e.g. glibc malloc tuning), repeatable")
+                       help="more environment for the child, repeatable")
     a, device, dtype, out = bench_args(__doc__, argv, extra)
     frames, size = (16, 256) if a.quick else (a.frames, a.size)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,10 +106,11 @@ def main(argv=None):
         sys.path.insert(0, str(REPO / "scripts"))
         from demo_clip import make_demo_clip
         make_demo_clip(str(clip), frames=frames, size=size, fps=24, seed=7)
-    env = dict(e.split("=", 1) for e in a.env)
-    run = measure(str(clip), frames, size, a.steps, env)
-    run["env"] = env
-    run["label"] = a.label
+    extra = dict(e.split("=", 1) for e in a.env)
+    env = child_environment(not a.no_malloc_tuning, extra)
+    run = measure(str(clip), frames, size, a.steps, env, device.type)
+    run["env"] = {k: v for k, v in env.items() if k.startswith("MALLOC_") or k in extra}
+    run["label"] = a.label or ("glibc defaults" if a.no_malloc_tuning else "pack's server malloc tuning")
     previous = out / "long_clip.json"
     runs = json.loads(previous.read_text())["runs"] if previous.exists() else []
     publish(out, "long_clip", {"machine": machine_info(device, dtype), "runs": runs + [run]}, tables)

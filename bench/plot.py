@@ -1,4 +1,5 @@
-"""PNG plots of the attention benchmark: time and peak memory against the number of frames.
+"""PNG plots of the attention benchmark (time and peak memory against the number of frames) and of the
+resolution sweep (whole-inversion time ratio to per-frame against the image size).
 
 Uses matplotlib when it is installed, else draws with OpenCV + numpy (the pack's venv has OpenCV only).
 One figure per tokens-per-frame size, two panels (time, log scale; memory, linear scale), one line per
@@ -17,6 +18,7 @@ from . import DEFAULT_OUT
 COLORS = {  # BGR for OpenCV
     "per_frame": (40, 40, 40), "two_frame": (200, 120, 0), "all_frame": (30, 30, 220),
     "stem128": (60, 180, 60), "stem256": (0, 140, 0), "stem512": (0, 90, 0), "stem256_warm1": (200, 0, 200),
+    "stem": (0, 140, 0),
 }
 
 
@@ -46,7 +48,7 @@ def _nice_ticks(lo, hi, log):
     return ticks
 
 
-def _panel_cv2(img, x0, y0, w, h, series, title, ylabel, log, fmt):
+def _panel_cv2(img, x0, y0, w, h, series, title, ylabel, log, fmt, xlabel="frames N"):
     import cv2
     font = cv2.FONT_HERSHEY_SIMPLEX
     xs = sorted({p[0] for s in series.values() for p in s})
@@ -77,7 +79,7 @@ def _panel_cv2(img, x0, y0, w, h, series, title, ylabel, log, fmt):
         cv2.line(img, (pxv, y0 + h), (pxv, y0 + h + 5), (0, 0, 0), 1)
         cv2.putText(img, str(xv), (pxv - 8, y0 + h + 20), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, title, (x0, y0 - 12), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "frames N", (x0 + w // 2 - 30, y0 + h + 40), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, xlabel, (x0 + w // 2 - 30, y0 + h + 40), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, ylabel, (x0 - 70, y0 - 12 + h + 62), font, 0.4, (90, 90, 90), 1, cv2.LINE_AA)
     for method, pts in series.items():
         color = COLORS.get(method, (100, 100, 100))
@@ -142,11 +144,49 @@ def _plot_mpl(payload, tokens, path: Path):
     plt.close(fig)
 
 
+def plot_resolution_sweep(results_dir: Path = DEFAULT_OUT):
+    """resolution_sweep.png: one panel per (model, backend), whole-inversion wall-time ratio to per_frame
+    against the image size, one line per mode (OpenCV drawing, so it works in the pack's venv)."""
+    import cv2
+    import numpy as np
+    src = results_dir / "resolution_sweep.json"
+    if not src.exists():
+        return None
+    payload = json.loads(src.read_text())
+    groups = payload["groups"]
+    width = 40 + 520 * max(1, len(groups))
+    img = np.full((520, width, 3), 255, np.uint8)
+    m = payload["machine"]
+    cv2.putText(img, f"Whole inversion, {payload['frames']} frames, {payload['steps']} steps, {m['device']} "
+                     f"{m['dtype']} {m['date'][:10]}: time / per_frame time", (20, 25), cv2.FONT_HERSHEY_SIMPLEX,
+                0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    for i, (group, rows) in enumerate(sorted(groups.items())):
+        series = {}
+        for size, results in rows.items():
+            base = results.get("per_frame", {}).get("wall_s")
+            for mode, r in results.items():
+                if base and "wall_s" in r:
+                    series.setdefault(mode, []).append((int(size.partition("x")[0]), r["wall_s"] / base, True, mode))
+        _panel_cv2(img, 100 + 520 * i, 70, 400, 380, {k: sorted(v) for k, v in series.items()}, group,
+                   "ratio", False, lambda t: f"{t:g}x", xlabel="width (px)")
+    y = 80
+    for mode in ("per_frame", "stem", "two_frame", "all_frame"):
+        cv2.line(img, (width - 130, y), (width - 105, y), COLORS[mode], 2)
+        cv2.putText(img, mode, (width - 100, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        y += 20
+    path = results_dir / "resolution_sweep.png"
+    cv2.imwrite(str(path), img)
+    return path
+
+
 def plot(results_dir: Path = DEFAULT_OUT) -> list:
+    sweep = plot_resolution_sweep(results_dir)
+    if sweep is not None:
+        print(f"  plot: {sweep}")
     src = results_dir / "attention.json"
     if not src.exists():
         print(f"  plot: {src} not found (run the attention benchmark first)")
-        return []
+        return [sweep] if sweep else []
     payload = json.loads(src.read_text())
     try:
         import matplotlib  # noqa: F401

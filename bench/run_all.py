@@ -6,6 +6,9 @@ benchmark's caches do not leak into the next):
 - em_kernel: achieved FLOP/s of the E and M steps vs a plain matmul,
 - inversion: whole DDIM inversion with the tiny model on a real shared clip,
 - r_study:   EM objective / attention-output error vs R, cold vs warm start,
+- long_clip: 120 frames of 512x512 loaded, encoded and STEM-inverted: wall/user/sys time, peak RSS, page faults,
+- resolution_sweep: whole inversion at 256..1024 px, per_frame / stem / two_frame / all_frame, tiny and full-size
+  UNet (``--quick``: tiny model, 256 and 512 px),
 then the PNG plots. Results: JSON + markdown tables in --out (bench/results/ by default, git-ignored),
 tables on stdout. ``--only attention,plot`` runs a subset.
 """
@@ -20,9 +23,8 @@ from pathlib import Path
 
 from . import CHILD_ENV, DEFAULT_OUT, REPO
 
-BENCHES = ("attention", "em_kernel", "inversion", "r_study")
-MODULES = {"attention": "bench.bench_attention", "em_kernel": "bench.bench_em_kernel",
-           "inversion": "bench.bench_inversion", "r_study": "bench.bench_r_study"}
+BENCHES = ("attention", "em_kernel", "inversion", "r_study", "long_clip", "resolution_sweep")
+MODULES = {name: f"bench.bench_{name}" for name in BENCHES}
 
 
 def main(argv=None) -> int:
@@ -55,11 +57,11 @@ def main(argv=None) -> int:
     for name in BENCHES:
         if name not in only:
             continue
-        if name == "r_study" and dtype != "fp32":
-            pass  # the R study measures EM itself; it always computes in float32 on the CPU
         cmd = [sys.executable, "-m", MODULES[name], "--device", device, "--dtype", dtype, "--out", str(out)]
         if a.quick:
             cmd.append("--quick")
+            if name == "resolution_sweep":
+                cmd += ["--models", "tiny"]
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
         start = time.perf_counter()
         rc = subprocess.call(cmd, cwd=str(REPO), env=env)
