@@ -4,7 +4,9 @@ Nodes register only when ComfyUI is importable, so tools and tests can import `s
 """
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
-WEB_DIRECTORY = None
+# web/stem.js: seeds fixed by default, mp4 preview on the pinned frontend, metrics report text on the node,
+# widget values of older workflows moved into place
+WEB_DIRECTORY = "./web"
 
 try:
     import comfy.utils  # noqa: F401  (only present inside a ComfyUI host)
@@ -13,4 +15,4 @@ except ImportError:
 else:
     from .nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -1,9 +1,20 @@
-"""Writes every example workflow in workflows/ (UI format) and workflows/api/ (API format) from the
-graph descriptions below, using the real node classes (pinned ComfyUI in-process) for widget order.
+"""Writes every example workflow from the graph descriptions below, using the real node classes (pinned ComfyUI
+in-process) for widget order:
 
-    .venv/bin/python scripts/build_workflows.py        # regenerate
-tests/e2e/test_workflow_sync.py checks the committed files against this and against each other.
+- example_workflows/<name>.json + <name>.jpg   UI format and thumbnail: what a current frontend's Templates menu
+                                               (Workflow > Browse Templates) and the registry read;
+- workflows/<name>.json                        the same UI file (the design card's folder; drag into the editor);
+- workflows/api/<name>.json                    its API twin (headless queueing, scripts/run_workflow.py).
+
+    .venv/bin/python scripts/build_workflows.py                # regenerate
+    .venv/bin/python scripts/build_workflows.py --capture-specs http://127.0.0.1:8188
+        # refresh scripts/extra_node_specs.json from a running host that has the optional nodes (current ComfyUI's
+        # core video nodes, VideoHelperSuite): the pinned host cannot describe them
+
+Layout (scripts/workflow_format.py): groups Load, Invert, Edit (or Reconstruct), Output from left to right, no
+crossing wires. tests/e2e/test_workflow_sync.py checks the committed files against this and against each other.
 """
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -11,7 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 import comfy_host  # noqa: E402
-from workflow_format import build_ui, node_spec, ui_to_api  # noqa: E402
+from workflow_format import (FRONTEND_ONLY, build_ui, layout, node_spec, spec_from_object_info,  # noqa: E402
+                             ui_to_api)
 
 DEFAULT_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 DEMO_VIDEO = "stem_demo.mp4"
@@ -19,116 +31,298 @@ SOURCE_PROMPT = "a red disc and a blue square moving over a textured background"
 TARGET_PROMPT = "a red disc and a golden square moving over a textured background"
 STYLE_PROMPT = "a watercolor painting of a red disc and a blue square moving over a textured background"
 NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
+EXTRA_SPECS = REPO / "scripts" / "extra_node_specs.json"
+# Node classes some workflows need beyond the pack and the pinned host: class -> where it comes from.
+OPTIONAL_NODES = {
+    "LoadVideo": "current ComfyUI (core video nodes, 0.3.4x and later)",
+    "GetVideoComponents": "current ComfyUI (core video nodes, 0.3.4x and later)",
+    "CreateVideo": "current ComfyUI (core video nodes, 0.3.4x and later)",
+    "SaveVideo": "current ComfyUI (core video nodes, 0.3.4x and later)",
+    "VHS_LoadVideo": "ComfyUI-VideoHelperSuite",
+    "VHS_VideoCombine": "ComfyUI-VideoHelperSuite",
+    "VHS_VideoInfoLoaded": "ComfyUI-VideoHelperSuite",
+}
 
-def n(node_id, class_type, title=None, **inputs):
-    return {"id": node_id, "class_type": class_type, "title": title, "inputs": inputs}
 
-def loader_and_model(video=DEMO_VIDEO, width=128, height=128, frames=16):
+def n(node_id, class_type, title=None, group=None, **inputs):
+    return {"id": node_id, "class_type": class_type, "title": title, "group": group, "inputs": inputs}
+
+
+def note(text, node_id=100):
+    return n(node_id, "Note", "Read me", "Load", text=text)
+
+
+CLIP_NOTE = ("The clip: stem_demo.mp4 (16 frames, 128x128, 12 fps, with a soundtrack) in ComfyUI's input folder. "
+             "`make demo` in the pack's folder writes it there (or: python scripts/demo_clip.py "
+             "<ComfyUI>/input/stem_demo.mp4). Pick your own video in the loader instead: STEM reads ALL its "
+             "frames at once, so keep frame_load_cap and the size modest.\n\n"
+             "Load Checkpoint: an SD1.5 checkpoint (v1-5-pruned-emaonly.safetensors or a fine-tune).")
+
+
+def loader_and_model(video=DEMO_VIDEO, width=128, height=128, frames=16, load_group="Load"):
     return [
-        n(1, "STEMVideoLoad", "Load video", video=video, force_rate=0.0, custom_width=width, custom_height=height,
-          frame_load_cap=frames, skip_first_frames=0, select_every_nth=1, size_mode="resize"),
-        n(2, "CheckpointLoaderSimple", "Load Checkpoint (SD1.5)", ckpt_name=DEFAULT_CHECKPOINT),
-        n(3, "VAEEncode", "Encode frames", pixels=[1, 0], vae=[2, 2]),
-        n(4, "CLIPTextEncode", "Source prompt", text=SOURCE_PROMPT, clip=[2, 1]),
+        n(1, "STEMVideoLoad", "Load video", load_group, video=video, force_rate=0.0, custom_width=width,
+          custom_height=height, frame_load_cap=frames, skip_first_frames=0, select_every_nth=1, size_mode="resize"),
+        n(2, "CheckpointLoaderSimple", "Load Checkpoint (SD1.5)", "Load", ckpt_name=DEFAULT_CHECKPOINT),
+        n(3, "VAEEncode", "Encode frames", "Load", pixels=[1, 0], vae=[2, 2]),
+        n(4, "CLIPTextEncode", "Source prompt", "Load", text=SOURCE_PROMPT, clip=[2, 1]),
     ]
 
-def stem_patch(node_id, context="stem", model=(2, 0), title=None):
-    return n(node_id, "STEMBasisEstimate", title or f"Video attention: {context}", model=list(model),
-             attention_context=context, num_bases=256, iterations=3, tau=0.05, seed=0, variant="paper",
-             layers="all", warm_start=False, init="tokens", chunk_tokens=0)
+
+def stem_patch(node_id, context="stem", model=(2, 0), title=None, **overrides):
+    settings = dict(attention_context=context, num_bases=256, iterations=3, tau=0.05, seed=0, variant="paper",
+                    layers="all", warm_start=False, init="tokens", chunk_tokens=0)
+    settings.update(overrides)
+    return n(node_id, "STEMBasisEstimate", title or f"Video attention: {context}", "Invert", model=list(model),
+             **settings)
+
+
+def save(node_id, images, prefix, title, audio=(1, 3), fps=(1, 2)):
+    return n(node_id, "STEMSaveVideo", title, "Output", images=[images, 0], fps=list(fps), filename_prefix=prefix,
+             format="mp4", crf=19, audio=list(audio) if audio else None)
+
+
+def metrics(node_id, result, label, prefix, source=(1, 0), warp=True):
+    return n(node_id, "STEMVideoMetrics", f"Metrics: {label}", "Output", source=list(source), result=[result, 0],
+             warp_error=warp, flow_method="dis", label=label, filename_prefix=prefix + "_metrics")
+
 
 def reconstruction_graph():
-    return loader_and_model() + [
+    return [note(CLIP_NOTE)] + loader_and_model() + [
         stem_patch(5),
-        n(6, "STEMInvert", "STEM inversion", model=[5, 0], latent=[3, 0], source_conditioning=[4, 0], steps=50),
-        n(7, "STEMReconstruct", "DDIM reconstruction", model=[5, 0], trajectory=[6, 1], bases="replay inversion bases"),
-        n(8, "VAEDecode", "Decode", samples=[7, 0], vae=[2, 2]),
-        n(9, "STEMSaveVideo", "Save reconstruction", images=[8, 0], fps=[1, 2], filename_prefix="STEM/reconstruction"),
-        n(10, "STEMVideoMetrics", "Reconstruction metrics", source=[1, 0], result=[8, 0], warp_error=True,
-          flow_method="dis", label="STEM reconstruction", filename_prefix="STEM/reconstruction_metrics"),
+        n(6, "STEMInvert", "STEM inversion", "Invert", model=[5, 0], latent=[3, 0], source_conditioning=[4, 0],
+          steps=50),
+        n(7, "STEMReconstruct", "DDIM reconstruction", "Reconstruct", model=[5, 0], trajectory=[6, 1],
+          bases="replay inversion bases"),
+        n(8, "VAEDecode", "Decode", "Reconstruct", samples=[7, 0], vae=[2, 2]),
+        save(9, 8, "STEM/reconstruction", "Save reconstruction"),
+        metrics(10, 8, "STEM reconstruction", "STEM/reconstruction"),
         # The VAE alone (no inversion) bounds what any reconstruction can reach; with the tiny model's
         # pooling VAE this ceiling is low, so compare the two reports rather than the absolute PSNR.
-        n(11, "VAEDecode", "Decode without inversion", samples=[3, 0], vae=[2, 2]),
-        n(12, "STEMVideoMetrics", "VAE round trip only (ceiling)", source=[1, 0], result=[11, 0], warp_error=False,
-          flow_method="dis", label="VAE round trip only (ceiling)", filename_prefix="STEM/vae_ceiling_metrics"),
+        n(11, "VAEDecode", "Decode without inversion", "Reconstruct", samples=[3, 0], vae=[2, 2]),
+        n(12, "STEMVideoMetrics", "VAE round trip only (ceiling)", "Output", source=[1, 0], result=[11, 0],
+          warp_error=False, flow_method="dis", label="VAE round trip only (ceiling)",
+          filename_prefix="STEM/vae_ceiling_metrics"),
     ]
 
-def tokenflow_edit(node_id, trajectory, title, prefix, label, model=(2, 0)):
+
+def prompts_for_edit(clip=(2, 1)):
+    return [n(7, "CLIPTextEncode", "Target prompt", "Edit", text=STYLE_PROMPT, clip=list(clip)),
+            n(8, "CLIPTextEncode", "Negative prompt", "Edit", text=NEGATIVE_PROMPT, clip=list(clip))]
+
+
+def tokenflow_edit(node_id, trajectory, title, model=(2, 0), source_latent=(3, 0), **settings):
+    values = dict(cfg=7.5, pnp_f_t=0.8, pnp_attn_t=0.5, chunk_size=8, seed=0, blend="paper")
+    values.update(settings)
     return [
-        n(node_id, "STEMTokenFlowEdit", title, model=list(model), trajectory=[trajectory, 1], positive=[7, 0],
-          negative=[8, 0], steps=50, cfg=7.5, pnp_f_t=0.8, pnp_attn_t=0.5, chunk_size=8, seed=0,
-          source_conditioning=[4, 0], source_latent=[3, 0], blend="paper"),
-        n(node_id + 1, "VAEDecode", "Decode edit", samples=[node_id, 0], vae=[2, 2]),
-        n(node_id + 2, "STEMSaveVideo", f"Save {label}", images=[node_id + 1, 0], fps=[1, 2], filename_prefix=prefix),
-        n(node_id + 3, "STEMVideoMetrics", f"Metrics: {label}", source=[1, 0], result=[node_id + 1, 0],
-          warp_error=True, flow_method="dis", label=label, filename_prefix=prefix + "_metrics"),
+        n(node_id, "STEMTokenFlowEdit", title, "Edit", model=list(model), trajectory=[trajectory, 1], positive=[7, 0],
+          negative=[8, 0], source_conditioning=[4, 0], source_latent=list(source_latent), **values),
+        n(node_id + 1, "VAEDecode", "Decode edit", "Edit", samples=[node_id, 0], vae=[2, 2]),
     ]
 
-def prompts_for_edit():
-    return [n(7, "CLIPTextEncode", "Target prompt", text=STYLE_PROMPT, clip=[2, 1]),
-            n(8, "CLIPTextEncode", "Negative prompt", text=NEGATIVE_PROMPT, clip=[2, 1])]
 
 def tokenflow_graph():
-    return loader_and_model() + [stem_patch(5),
-        n(6, "STEMInvert", "STEM inversion", model=[5, 0], latent=[3, 0], source_conditioning=[4, 0], steps=50),
-    ] + prompts_for_edit() + tokenflow_edit(9, 6, "STEM-TokenFlow edit", "STEM/tokenflow_stem", "STEM-TokenFlow edit")
+    return [note(CLIP_NOTE)] + loader_and_model() + [
+        stem_patch(5),
+        n(6, "STEMInvert", "STEM inversion", "Invert", model=[5, 0], latent=[3, 0], source_conditioning=[4, 0],
+          steps=50),
+    ] + prompts_for_edit() + tokenflow_edit(9, 6, "STEM-TokenFlow edit") + [
+        save(11, 10, "STEM/tokenflow_stem", "Save STEM-TokenFlow edit"),
+        metrics(12, 10, "STEM-TokenFlow edit", "STEM/tokenflow_stem"),
+    ]
+
 
 def tokenflow_side_by_side_graph():
-    """The same edit after per-frame DDIM inversion and after STEM inversion, with metrics for both."""
-    return loader_and_model() + [stem_patch(5)] + prompts_for_edit() + [
-        n(20, "STEMInvert", "Per-frame DDIM inversion", model=[2, 0], latent=[3, 0], source_conditioning=[4, 0],
+    """The same edit after per-frame DDIM inversion and after STEM inversion, stitched source | per-frame | STEM
+    into one video, with metrics for both."""
+    text = ("Side by side: the same TokenFlow edit after per-frame DDIM inversion (what TokenFlow does) and after "
+            "STEM inversion (whole-video bases), stitched as source | per-frame | STEM into one mp4 with the "
+            "clip's sound. Compare the warp error of the two reports: lower is more temporally consistent.\n\n"
+            + CLIP_NOTE)
+    return [note(text)] + loader_and_model() + [stem_patch(5)] + [
+        n(20, "STEMInvert", "Per-frame DDIM inversion", "Invert", model=[2, 0], latent=[3, 0],
+          source_conditioning=[4, 0], steps=50),
+        n(30, "STEMInvert", "STEM inversion", "Invert", model=[5, 0], latent=[3, 0], source_conditioning=[4, 0],
           steps=50),
-    ] + tokenflow_edit(21, 20, "TokenFlow edit (DDIM inversion)", "STEM/tokenflow_ddim",
-                       "TokenFlow (per-frame DDIM inversion)") + [
-        n(30, "STEMInvert", "STEM inversion", model=[5, 0], latent=[3, 0], source_conditioning=[4, 0], steps=50),
-    ] + tokenflow_edit(31, 30, "TokenFlow edit (STEM inversion)", "STEM/tokenflow_stem",
-                       "STEM-TokenFlow (STEM inversion)")
+    ] + prompts_for_edit() + tokenflow_edit(21, 20, "TokenFlow edit (DDIM inversion)") \
+      + tokenflow_edit(31, 30, "TokenFlow edit (STEM inversion)") + [
+        n(40, "STEMVideoStitch", "source | per-frame | STEM", "Output", left=[1, 0], right=[22, 0], spacing=4,
+          third=[32, 0]),
+        save(41, 40, "STEM/tokenflow_comparison", "Save comparison"),
+        metrics(42, 22, "TokenFlow (per-frame DDIM inversion)", "STEM/tokenflow_ddim"),
+        metrics(43, 32, "STEM-TokenFlow (STEM inversion)", "STEM/tokenflow_stem"),
+    ]
+
 
 def fatezero_graph():
-    return loader_and_model() + [
+    text = ("STEM-FateZero: STEM Attention Store records the source's attention while STEM Invert runs; the edit "
+            "fuses it. The source prompt is typed once, in 'Source prompt': STEM Invert stores its words in the "
+            "trajectory for FateZero's word alignment.\n\n" + CLIP_NOTE)
+    return [note(text)] + loader_and_model() + [
         stem_patch(5),
-        n(6, "STEMAttentionStore", "Attention store (for FateZero)", model=[5, 0], layers="fatezero", keep="cpu"),
-        n(7, "STEMInvert", "STEM inversion (records attention)", model=[6, 0], latent=[3, 0],
+        n(6, "STEMAttentionStore", "Attention store (for FateZero)", "Invert", model=[5, 0], layers="fatezero",
+          keep="cpu"),
+        n(7, "STEMInvert", "STEM inversion (records attention)", "Invert", model=[6, 0], latent=[3, 0],
           source_conditioning=[4, 0], steps=50),
-        n(8, "STEMFateZeroEdit", "STEM-FateZero edit", model=[5, 0], trajectory=[7, 1], clip=[2, 1],
-          source_prompt=SOURCE_PROMPT, target_prompt=TARGET_PROMPT, blend_words="square", blend_threshold=0.3,
-          cross_replace_steps=0.8, self_replace_steps=0.5, reweight="", cfg=7.5, steps=50, latent_blend=False,
+        n(8, "STEMFateZeroEdit", "STEM-FateZero edit", "Edit", model=[5, 0], trajectory=[7, 1], clip=[2, 1],
+          target_prompt=TARGET_PROMPT, blend_words="square", blend_threshold=0.3, cross_replace_steps=0.8,
+          self_replace_steps=0.5, reweight="", cfg=7.5, negative_prompt="", latent_blend=False,
           release_store=False),
-        n(9, "VAEDecode", "Decode edit", samples=[8, 0], vae=[2, 2]),
-        n(10, "STEMSaveVideo", "Save STEM-FateZero edit", images=[9, 0], fps=[1, 2],
-          filename_prefix="STEM/fatezero_stem"),
-        n(11, "STEMVideoMetrics", "Metrics: STEM-FateZero edit", source=[1, 0], result=[9, 0], warp_error=True,
-          flow_method="dis", label="STEM-FateZero edit", filename_prefix="STEM/fatezero_stem_metrics"),
-        n(12, "MaskToImage", "Blend mask as image", mask=[8, 1]),
-        n(13, "PreviewImage", "Blend mask", images=[12, 0]),
+        n(9, "VAEDecode", "Decode edit", "Edit", samples=[8, 0], vae=[2, 2]),
+        n(12, "MaskToImage", "Blend mask as image", "Edit", mask=[8, 1]),
+        save(10, 9, "STEM/fatezero_stem", "Save STEM-FateZero edit"),
+        metrics(11, 9, "STEM-FateZero edit", "STEM/fatezero_stem"),
+        n(13, "PreviewImage", "Blend mask", "Output", images=[12, 0]),
     ]
+
+
+def long_clip_graph():
+    text = ("Long clips: every frame of the clip (frame_load_cap 0) at 256 px. STEM's EM runs over all frames in "
+            "chunks of chunk_tokens tokens (bounded memory, same result), warm-started with one iteration per "
+            "step (the fast setting); TokenFlow denoises chunk_size frames per UNet pass. Memory grows linearly "
+            "with the frame count: halve it with select_every_nth 2, or lower the size.\n\n" + CLIP_NOTE)
+    graph = [note(text)] + loader_and_model(width=256, height=256, frames=0) + [
+        stem_patch(5, num_bases=256, iterations=1, warm_start=True, chunk_tokens=65536),
+        n(6, "STEMInvert", "STEM inversion", "Invert", model=[5, 0], latent=[3, 0], source_conditioning=[4, 0],
+          steps=50),
+    ] + prompts_for_edit() + tokenflow_edit(9, 6, "STEM-TokenFlow edit", chunk_size=8) + [
+        save(11, 10, "STEM/long_clip", "Save edit"),
+        metrics(12, 10, "STEM-TokenFlow edit (long clip)", "STEM/long_clip"),
+    ]
+    return graph
+
+
+def vhs_graph():
+    """VideoHelperSuite around the STEM nodes: its loader's frames and audio in, its Video Combine out."""
+    text = ("VideoHelperSuite variant (needs ComfyUI-VideoHelperSuite): VHS Load Video gives the frames and the "
+            "audio, VHS Video Combine writes the H.264 mp4 with the sound. Leave meta_batch unconnected: STEM "
+            "refuses batches of a video, it needs every frame at once.\n\n" + CLIP_NOTE)
+    return [note(text),
+            n(1, "VHS_LoadVideo", "Load video (VHS)", "Load", video=DEMO_VIDEO, force_rate=0, custom_width=128,
+              custom_height=128, frame_load_cap=16, skip_first_frames=0, select_every_nth=1),
+            n(2, "CheckpointLoaderSimple", "Load Checkpoint (SD1.5)", "Load", ckpt_name=DEFAULT_CHECKPOINT),
+            n(3, "VAEEncode", "Encode frames", "Load", pixels=[1, 0], vae=[2, 2]),
+            n(4, "CLIPTextEncode", "Source prompt", "Load", text=SOURCE_PROMPT, clip=[2, 1]),
+            n(13, "VHS_VideoInfoLoaded", "Frame rate", "Load", video_info=[1, 3]),
+            stem_patch(5),
+            n(6, "STEMInvert", "STEM inversion", "Invert", model=[5, 0], latent=[3, 0], source_conditioning=[4, 0],
+              steps=50),
+            ] + prompts_for_edit() + tokenflow_edit(9, 6, "STEM-TokenFlow edit") + [
+        n(11, "VHS_VideoCombine", "Video Combine (VHS, with audio)", "Output", images=[10, 0], frame_rate=[13, 0],
+          loop_count=0, filename_prefix="STEM/vhs_tokenflow", format="video/h264-mp4", pingpong=False,
+          save_output=True, audio=[1, 2], pix_fmt="yuv420p", crf=19, save_metadata=True, trim_to_audio=False),
+        metrics(12, 10, "STEM-TokenFlow edit (VHS)", "STEM/vhs_tokenflow"),
+    ]
+
+
+def core_video_graph():
+    """Current ComfyUI's core video nodes around the STEM nodes (VIDEO in, VIDEO out, audio kept)."""
+    text = ("Current ComfyUI (0.3.4x and later): core Load Video -> Get Video Components (frames, audio, fps) -> "
+            "STEM -> Create Video (frames + the source's audio) -> Save Video. On older hosts use the "
+            "tokenflow_stem workflow (STEM Load Video / STEM Save Video). Core Load Video loads every frame at "
+            "full size: use a short clip whose sides are multiples of 8.\n\n" + CLIP_NOTE)
+    return [note(text),
+            n(1, "LoadVideo", "Load Video (core)", "Load", file=DEMO_VIDEO),
+            n(14, "GetVideoComponents", "Get Video Components", "Load", video=[1, 0]),
+            n(2, "CheckpointLoaderSimple", "Load Checkpoint (SD1.5)", "Load", ckpt_name=DEFAULT_CHECKPOINT),
+            n(3, "VAEEncode", "Encode frames", "Load", pixels=[14, 0], vae=[2, 2]),
+            n(4, "CLIPTextEncode", "Source prompt", "Load", text=SOURCE_PROMPT, clip=[2, 1]),
+            stem_patch(5),
+            n(6, "STEMInvert", "STEM inversion", "Invert", model=[5, 0], latent=[3, 0], source_conditioning=[4, 0],
+              steps=50),
+            ] + prompts_for_edit() + tokenflow_edit(9, 6, "STEM-TokenFlow edit") + [
+        n(11, "CreateVideo", "Create Video (with the source's audio)", "Output", images=[10, 0], fps=[14, 2],
+          audio=[14, 1]),
+        n(15, "SaveVideo", "Save Video (core)", "Output", video=[11, 0], filename_prefix="STEM/core_video_tokenflow",
+          format="auto", codec="auto"),
+        metrics(12, 10, "STEM-TokenFlow edit (core video nodes)", "STEM/core_video_tokenflow", source=(14, 0)),
+    ]
+
 
 GRAPHS = {
     "stem_reconstruction": reconstruction_graph,
     "tokenflow_stem": tokenflow_graph,
     "tokenflow_side_by_side": tokenflow_side_by_side_graph,
     "fatezero_stem": fatezero_graph,
+    "long_clip_tokenflow": long_clip_graph,
+    "vhs_tokenflow": vhs_graph,
+    "core_video_tokenflow": core_video_graph,
 }
+GROUP_ORDER = ("Load", "Invert", "Edit", "Reconstruct", "Output")
+
+
+def optional_nodes(workflow: dict) -> dict:
+    """{class: where it comes from} of the optional node classes an API or UI workflow uses."""
+    types = [n["type"] for n in workflow["nodes"]] if "nodes" in workflow else \
+        [n["class_type"] for n in workflow.values()]
+    return {t: OPTIONAL_NODES[t] for t in types if t in OPTIONAL_NODES}
+
 
 def boot_classes():
     return comfy_host.boot_in_process()["mappings"]
 
+
 def specs_for(classes, graph):
-    return {g["class_type"]: node_spec(classes[g["class_type"]]) for g in graph}
+    extra = json.loads(EXTRA_SPECS.read_text()) if EXTRA_SPECS.exists() else {}
+    specs = {}
+    for g in graph:
+        cls = g["class_type"]
+        if cls in FRONTEND_ONLY:
+            continue
+        if cls in classes:
+            specs[cls] = node_spec(classes[cls])
+        elif cls in extra:
+            specs[cls] = spec_from_object_info(extra[cls])
+        else:
+            raise SystemExit(f"{cls} is neither loaded nor in {EXTRA_SPECS.name}; run --capture-specs against a "
+                             f"host that has it ({OPTIONAL_NODES.get(cls, '?')})")
+    return specs
+
 
 def render(classes, name):
     graph = GRAPHS[name]()
     specs = specs_for(classes, graph)
-    ui = build_ui(graph, specs)
+    placed, groups = layout(graph, specs, GROUP_ORDER)
+    ui = build_ui(placed, specs, groups)
     return ui, ui_to_api(ui, specs), specs
 
-def main():
+
+def capture_specs(url: str):
+    import urllib.request
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    info = json.loads(opener.open(url.rstrip("/") + "/object_info", timeout=60).read())
+    extra = json.loads(EXTRA_SPECS.read_text()) if EXTRA_SPECS.exists() else {}
+    found = {k: info[k] for k in OPTIONAL_NODES if k in info}
+    for entry in found.values():  # the input folder's file list is the capturing host's, not a spec
+        for section in ("required", "optional"):
+            for name, data in (entry.get("input", {}).get(section) or {}).items():
+                if isinstance(data[0], list) and name in ("video", "file"):
+                    data[0] = [DEMO_VIDEO]
+    extra.update(found)
+    EXTRA_SPECS.write_text(json.dumps(extra, indent=1, sort_keys=True) + "\n")
+    print(f"captured {sorted(found)} into {EXTRA_SPECS.relative_to(REPO)}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--capture-specs", metavar="URL", help="refresh extra_node_specs.json from a running host")
+    args = ap.parse_args(argv)
+    if args.capture_specs:
+        capture_specs(args.capture_specs)
+        return
+    from thumbnails import render_thumbnail
     classes = boot_classes()
+    for folder in ("example_workflows", "workflows", "workflows/api"):
+        (REPO / folder).mkdir(parents=True, exist_ok=True)
     for name in GRAPHS:
         ui, api, _ = render(classes, name)
-        (REPO / "workflows" / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n")
+        text = json.dumps(ui, indent=1) + "\n"
+        (REPO / "example_workflows" / f"{name}.json").write_text(text)
+        (REPO / "workflows" / f"{name}.json").write_text(text)
         (REPO / "workflows" / "api" / f"{name}.json").write_text(json.dumps(api, indent=1) + "\n")
-        print(f"wrote workflows/{name}.json and workflows/api/{name}.json")
+        render_thumbnail(ui, name).save(REPO / "example_workflows" / f"{name}.jpg", quality=85)
+        print(f"wrote example_workflows/{name}.json (+ .jpg), workflows/{name}.json, workflows/api/{name}.json")
+
 
 if __name__ == "__main__":
     main()
