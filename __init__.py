@@ -4,7 +4,7 @@ Nodes register only when ComfyUI is importable, so tools and tests can import `s
 """
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
-# web/stem.js: seeds fixed by default, mp4 preview on the pinned frontend, metrics report text on the node,
+# web/stem.js: seeds fixed by default on new STEM nodes, and
 # widget values of older workflows moved into place
 WEB_DIRECTORY = "./web"
 

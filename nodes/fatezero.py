@@ -161,11 +161,10 @@ class STEMFateZeroEdit:
                                            "two_frame model for FateZero's own inversion)."}),
             "trajectory": (host.TRAJECTORY, {"tooltip": "From STEM Invert run on a STEM Attention Store model."}),
             "clip": ("CLIP", {"tooltip": "Encodes the prompts and locates words in their tokens."}),
-            "source_prompt": ("STRING", {"multiline": True, "default": "", "tooltip":
-                "The prompt used for the inversion (word alignment and blend words are read from it)."}),
             "target_prompt": ("STRING", {"multiline": True, "default": "", "tooltip":
-                "The edit. Same token count as the source: words are replaced; otherwise refined (shared words "
-                "keep the source's maps)."}),
+                "The edit, compared word by word with the source prompt (the text of the CLIP Text Encode feeding "
+                "STEM Invert, which the trajectory carries). Same word count: words are replaced; otherwise "
+                "refined (shared words keep the source's maps)."}),
             "blend_words": ("STRING", {"default": "", "tooltip":
                 "Source-prompt words of the region to edit (comma separated). Their source cross-attention gives "
                 "the blend mask; outside it the source's self-attention is kept. Empty: no mask."}),
@@ -180,10 +179,12 @@ class STEMFateZeroEdit:
             "reweight": ("STRING", {"default": "", "tooltip":
                 "Per-word cross-attention weights in the target prompt, e.g. 'red:2.0, hat:0.5'."}),
             "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip":
-                "Classifier-free guidance of the edit (paper: 7.5)."}),
-            "steps": ("INT", {"default": 50, "min": 1, "max": host.MAX_STEPS, "tooltip":
-                "Must equal the inversion's steps (the store holds one map set per step)."}),
+                "Classifier-free guidance of the edit (paper: 7.5). The edit runs the inversion's DDIM steps."}),
         }, "optional": {
+            # optional (and after the older widgets), so API prompts and workflows of older versions still load
+            "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip":
+                "What the edit should avoid: the unconditional branch of classifier-free guidance (FateZero uses "
+                "an empty prompt)."}),
             "latent_blend": ("BOOLEAN", {"default": False, "tooltip":
                 "Also blend the latents with the inverted source latents outside the mask between 20% and 80% of "
                 "the steps (FateZero's LocalBlend). Needs blend words."}),
@@ -196,16 +197,19 @@ class STEMFateZeroEdit:
                 "source prompt."}),
         }}
 
-    def edit(self, model, trajectory, clip, source_prompt, target_prompt, blend_words, blend_threshold,
-             cross_replace_steps, self_replace_steps, reweight, cfg, steps, latent_blend=False,
-             release_store=False, target_blend_words=""):
+    def edit(self, model, trajectory, clip, target_prompt, blend_words, blend_threshold, cross_replace_steps,
+             self_replace_steps, reweight, cfg, negative_prompt="", latent_blend=False, release_store=False,
+             target_blend_words=""):
         host.require_sd15(model, self.TITLE)
         store = _stored(trajectory)
-        host.check_steps(steps)
-        trajectory.check_matches(steps=int(steps), what=self.TITLE)
-        if not str(source_prompt).strip() or not str(target_prompt).strip():
-            raise STEMError("source_prompt and target_prompt must not be empty (the source prompt is the one used "
-                            "for the inversion)")
+        source_prompt = trajectory.extras.get(host.SOURCE_PROMPT_KEY)
+        if not source_prompt:
+            raise STEMError("the trajectory does not carry the source prompt's text, which FateZero aligns word by "
+                            "word with the target prompt", input_name="trajectory",
+                            fix="connect a CLIP Text Encode with the source prompt typed in it (or a Primitive "
+                                "string) directly to STEM Invert's source_conditioning, and run the inversion again")
+        if not str(target_prompt).strip():
+            raise STEMError("must not be empty", input_name="target_prompt", fix="type the edited prompt")
         src_words = host.prompt_word_token_ids(clip, source_prompt, "source_prompt")
         tgt_words = host.prompt_word_token_ids(clip, target_prompt, "target_prompt")
         src_ids, tgt_ids = [t for w in src_words for t in w], [t for w in tgt_words for t in w]
@@ -228,7 +232,8 @@ class STEMFateZeroEdit:
         m, fusion = fusion_clone(model, trajectory, store, settings)
         host.preflight_sampling(m, self.TITLE, trajectory.frames, trajectory.latent_size, _video_settings(m),
                                 groups=1 if float(cfg) == 1.0 else 2)
-        run = host.sampler_runner(m, host.encode_prompt(clip, target_prompt), host.encode_prompt(clip, ""), float(cfg))
+        run = host.sampler_runner(m, host.encode_prompt(clip, target_prompt),
+                                  host.encode_prompt(clip, str(negative_prompt or "")), float(cfg))
         try:
             with torch.no_grad():
                 out = host.run_guarded(self.TITLE, lambda: run(

@@ -74,6 +74,34 @@ def require_sd15(model, node_title: str, input_name: str = "model"):
 
 
 # ------------------------------------------------------------------------------------------------
+# the graph a node runs in (hidden PROMPT / UNIQUE_ID inputs)
+
+# The trajectory's extras key of the source prompt's text (see linked_prompt_text).
+SOURCE_PROMPT_KEY = "source_prompt"
+
+
+def _is_link(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[1], int)
+
+
+def linked_prompt_text(prompt, node_id, input_name: str):
+    """The text behind a CONDITIONING input, read from the API prompt a node receives as hidden PROMPT: the literal
+    ``text`` of the node connected to ``input_name`` of node ``node_id`` (CLIP Text Encode; a Primitive's value is
+    already inlined there), or, when that text is itself connected, the only string input of the node it comes
+    from. None when it cannot be told (no PROMPT, another encoder, several strings)."""
+    if not isinstance(prompt, dict) or node_id is None:
+        return None
+    link = (prompt.get(str(node_id)) or {}).get("inputs", {}).get(input_name)
+    if not _is_link(link):
+        return None
+    text = (prompt.get(str(link[0])) or {}).get("inputs", {}).get("text")
+    if _is_link(text):
+        strings = [v for v in (prompt.get(str(text[0])) or {}).get("inputs", {}).values() if isinstance(v, str)]
+        text = strings[0] if len(strings) == 1 else None
+    return text if isinstance(text, str) and text.strip() else None
+
+
+# ------------------------------------------------------------------------------------------------
 # ComfyUI data types
 
 

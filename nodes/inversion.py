@@ -92,9 +92,9 @@ class STEMInvert:
             "source_conditioning": ("CONDITIONING", {"tooltip": "The source prompt describing the video."}),
             "steps": ("INT", {"default": 50, "min": 1, "max": host.MAX_STEPS, "tooltip":
                               "DDIM steps (paper: 50). Reconstruction and editing follow the inversion's steps."}),
-        }}
+        }, "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
 
-    def invert(self, model, latent, source_conditioning, steps):
+    def invert(self, model, latent, source_conditioning, steps, prompt=None, unique_id=None):
         host.require_sd15(model, self.TITLE)
         samples = host.check_latent(latent)
         host.check_conditioning(source_conditioning, model, "source_conditioning")
@@ -114,6 +114,9 @@ class STEMInvert:
                 run, samples, host.ddim_sigmas(m, int(steps)), host.latent_scale(m), patch, hooks,
                 host.Progress(steps), requested_steps=int(steps), settings=settings,
                 source_conditioning=source_conditioning, store_dtype=host.model_dtype(m)))
+        # the source prompt's words, for editing methods that align prompts (FateZero): typed once, in the CLIP
+        # Text Encode feeding source_conditioning, and read from the graph ComfyUI hands this node
+        traj.extras[host.SOURCE_PROMPT_KEY] = host.linked_prompt_text(prompt, unique_id, "source_conditioning")
         logging.info("[STEM] %s", traj.describe())
         return ({"samples": out}, traj, traj.describe())
 

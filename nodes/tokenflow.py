@@ -82,11 +82,10 @@ class STEMTokenFlowEdit:
         return {"required": {
             "model": ("MODEL", {"tooltip": "The SD1.5 model used for inversion (a STEM patch on it serves the "
                                            "inversion only; editing runs TokenFlow attention on a clone)."}),
-            "trajectory": (host.TRAJECTORY, {"tooltip": "From STEM Invert (STEM or per-frame DDIM inversion)."}),
+            "trajectory": (host.TRAJECTORY, {"tooltip": "From STEM Invert (STEM or per-frame DDIM inversion). The "
+                                                        "edit runs the inversion's DDIM steps."}),
             "positive": ("CONDITIONING", {"tooltip": "The target prompt (what the video should become)."}),
             "negative": ("CONDITIONING", {"tooltip": "Negative prompt; TokenFlow uses \"" + NEGATIVE_DEFAULT + "\"."}),
-            "steps": ("INT", {"default": 50, "min": 1, "max": host.MAX_STEPS, "tooltip":
-                              "DDIM steps; must equal the inversion's steps (paper: 50)."}),
             "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip":
                               "Classifier-free guidance scale of the edit (paper: 7.5)."}),
             "pnp_f_t": ("FLOAT", {"default": 0.8, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
@@ -110,14 +109,15 @@ class STEMTokenFlowEdit:
                       "the authors' code (own and previous chunk's keyframe, sigmoid weights)."}),
         }}
 
-    def edit(self, model, trajectory, positive, negative, steps, cfg, pnp_f_t, pnp_attn_t, chunk_size, seed,
+    def edit(self, model, trajectory, positive, negative, cfg, pnp_f_t, pnp_attn_t, chunk_size, seed,
              source_conditioning=None, source_latent=None, blend="paper"):
+        # The DDIM steps are the inversion's (trajectory.steps). An API prompt of an older version that still
+        # sends `steps` validates: ComfyUI passes only the inputs INPUT_TYPES lists.
         host.require_sd15(model, self.TITLE)
         if not isinstance(trajectory, InversionTrajectory):
             raise STEMError("connect the trajectory output of STEM Invert", input_name="trajectory")
         settings = TokenFlowSettings(float(cfg), float(pnp_f_t), float(pnp_attn_t), chunk_size, int(seed),
                                      blend).validated()
-        trajectory.check_matches(steps=int(steps), what=self.TITLE)
         if source_latent is not None:
             samples = host.check_latent(source_latent, "source_latent")
             trajectory.check_matches(frames=int(samples.shape[0]), latent_size=tuple(samples.shape[-2:]),

@@ -1,6 +1,7 @@
 """STEMAttentionStore + STEMInvert + STEMFateZeroEdit inside the real (in-process) ComfyUI with the
 tiny model: word alignment with the real SD1 tokenizer, full fusion ~ reconstruction (STEM and
 FateZero's own two-frame inversion), blend mask, store size, bad inputs."""
+import dataclasses
 import os
 
 import numpy as np
@@ -46,14 +47,20 @@ def invert_with_store(node, model, latent, cond, context, steps, keep="cpu", lay
     patched = model if context == "plain" else node("STEMBasisEstimate").patch(
         model, context, num_bases, 2, 0.05, 0, "paper", "all", True, "tokens", 0)[0]
     recording = node("STEMAttentionStore").apply(patched, layers, keep, *windows)[0]
-    _, traj, _ = node("STEMInvert").invert(recording, latent, cond, steps)
+    _, traj, _ = node("STEMInvert").invert(recording, latent, cond, steps, prompt=graph_of(SOURCE), unique_id="7")
     return patched, recording, traj
 
 
+def graph_of(source_text):
+    """The API prompt ComfyUI hands STEM Invert (hidden PROMPT, node id 7): its source_conditioning comes from
+    a CLIP Text Encode whose text is the source prompt."""
+    return {"4": {"class_type": "CLIPTextEncode", "inputs": {"text": source_text, "clip": ["2", 1]}},
+            "7": {"class_type": "STEMInvert", "inputs": {"source_conditioning": ["4", 0], "steps": STEPS}}}
+
+
 def edit(node, model, traj, clip, target=SOURCE, blend="", thr=0.3, cross=0.8, self_=0.5, reweight="", cfg=7.5,
-         steps=STEPS, **kw):
-    return node("STEMFateZeroEdit").edit(model, traj, clip, SOURCE, target, blend, thr, cross, self_, reweight, cfg,
-                                         steps, **kw)
+         **kw):
+    return node("STEMFateZeroEdit").edit(model, traj, clip, target, blend, thr, cross, self_, reweight, cfg, **kw)
 
 
 # ---------------------------------------------------------------------------------------------- alignment
@@ -176,8 +183,9 @@ def test_bad_inputs_give_clear_errors(comfy_host, tiny, node, stem_run):
         edit(node, patched, traj, clip, blend="tiger")
     with pytest.raises(STEMError, match="'zebra' is not in the target prompt"):
         edit(node, patched, traj, clip, reweight="zebra:2")
-    with pytest.raises(STEMError, match=f"set steps to {STEPS}"):
-        edit(node, patched, traj, clip, steps=STEPS + 1)
+    unknown = dataclasses.replace(traj, extras={k: v for k, v in traj.extras.items() if k != "source_prompt"})
+    with pytest.raises(STEMError, match="does not carry the source prompt's text.*CLIP Text Encode"):
+        edit(node, patched, unknown, clip)
     bare = InversionTrajectory(latents=list(traj.latents), inversion_sigmas=traj.inversion_sigmas,
                                sampling_sigmas=traj.sampling_sigmas, latent_scale=traj.latent_scale,
                                mode=traj.mode, settings=traj.settings, source_conditioning=traj.source_conditioning)
@@ -264,7 +272,7 @@ def test_fatezero_replace_by_words(tiny, node, stem_run):
 
     def mode(target):
         with torch.no_grad():
-            info = edit(node, patched, traj, clip, target=target, cross=0.2, self_=0.2, cfg=1.0, steps=STEPS)[2]
+            info = edit(node, patched, traj, clip, target=target, cross=0.2, self_=0.2, cfg=1.0)[2]
         return info.split("(", 1)[1].split(",", 1)[0]
 
     # SOURCE "a wolf standing in the snow": 6 words, 6 tokens

@@ -50,10 +50,10 @@ def test_sampling_nodes_refuse_the_4k_latents(node, tiny, big):
     assert "STEM inversion of 300 frames of 3840x2160" in refused(lambda: node("STEMInvert").invert(patched, latent,
                                                                                                    cond, 2))
     refused(lambda: node("STEMReconstruct").reconstruct(patched, traj))
-    refused(lambda: node("STEMTokenFlowEdit").edit(model, traj, cond, cond, 2, 7.5, 0.8, 0.5, 8, 0))
+    refused(lambda: node("STEMTokenFlowEdit").edit(model, traj, cond, cond, 7.5, 0.8, 0.5, 8, 0))
     traj.extras["attention_store"] = AttentionStore(2, FRAMES)
-    refused(lambda: node("STEMFateZeroEdit").edit(patched, traj, clip, "a field", "a meadow", "", 0.3, 0.8, 0.5, "",
-                                                  7.5, 2))
+    traj.extras["source_prompt"] = "a field"
+    refused(lambda: node("STEMFateZeroEdit").edit(patched, traj, clip, "a meadow", "", 0.3, 0.8, 0.5, "", 7.5))
 
 
 def test_chunk_tokens_that_cannot_fit_is_refused(node, tiny):
