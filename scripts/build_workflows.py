@@ -7,9 +7,9 @@ in-process) for widget order:
 - workflows/api/<name>.json                    its API twin (headless queueing, scripts/run_workflow.py).
 
     .venv/bin/python scripts/build_workflows.py                # regenerate
-    .venv/bin/python scripts/build_workflows.py --capture-specs http://127.0.0.1:8188
-        # refresh scripts/extra_node_specs.json from a running host that has the optional nodes (current ComfyUI's
-        # core video nodes, VideoHelperSuite): the pinned host cannot describe them
+    .venv/bin/python scripts/build_workflows.py --capture-specs
+        # refresh scripts/extra_node_specs.json from optional nodes (VideoHelperSuite) installed in the host's
+        # custom_nodes: without them installed the builder cannot ask their classes for their inputs
 
 Layout (scripts/workflow_format.py): groups Load, Invert, Edit (or Reconstruct), Output from left to right, no
 crossing wires. tests/e2e/test_workflow_sync.py checks the committed files against this and against each other.
@@ -34,10 +34,6 @@ NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
 EXTRA_SPECS = REPO / "scripts" / "extra_node_specs.json"
 # Node classes some workflows need beyond the pack and the pinned host: class -> where it comes from.
 OPTIONAL_NODES = {
-    "LoadVideo": "current ComfyUI (core video nodes, 0.3.4x and later)",
-    "GetVideoComponents": "current ComfyUI (core video nodes, 0.3.4x and later)",
-    "CreateVideo": "current ComfyUI (core video nodes, 0.3.4x and later)",
-    "SaveVideo": "current ComfyUI (core video nodes, 0.3.4x and later)",
     "VHS_LoadVideo": "ComfyUI-VideoHelperSuite",
     "VHS_VideoCombine": "ComfyUI-VideoHelperSuite",
     "VHS_VideoInfoLoaded": "ComfyUI-VideoHelperSuite",
@@ -78,8 +74,13 @@ def stem_patch(node_id, context="stem", model=(2, 0), title=None, **overrides):
 
 
 def save(node_id, images, prefix, title, audio=(1, 3), fps=(1, 2)):
-    return n(node_id, "STEMSaveVideo", title, "Output", images=[images, 0], fps=list(fps), filename_prefix=prefix,
-             format="mp4", crf=19, audio=list(audio) if audio else None)
+    """STEM Save Video of ``images`` with the loader's fps and (where this version of the node has the input) its
+    audio; format and crf keep the node's defaults."""
+    node = n(node_id, "STEMSaveVideo", title, "Output", images=[images, 0], fps=list(fps), filename_prefix=prefix)
+    if audio:
+        node["inputs"]["audio"] = list(audio)
+    node["if_supported"] = {"audio"}
+    return node
 
 
 def metrics(node_id, result, label, prefix, source=(1, 0), warp=True):
@@ -111,12 +112,14 @@ def prompts_for_edit(clip=(2, 1)):
             n(8, "CLIPTextEncode", "Negative prompt", "Edit", text=NEGATIVE_PROMPT, clip=list(clip))]
 
 
-def tokenflow_edit(node_id, trajectory, title, model=(2, 0), source_latent=(3, 0), **settings):
+def tokenflow_edit(node_id, trajectory, title, model=(5, 0), **settings):
+    """STEM TokenFlow Edit of ``trajectory`` (its steps are the inversion's) and its VAE Decode. ``model``: the
+    inversion's model (the STEM patch on it is dropped for the edit)."""
     values = dict(cfg=7.5, pnp_f_t=0.8, pnp_attn_t=0.5, chunk_size=8, seed=0, blend="paper")
     values.update(settings)
     return [
         n(node_id, "STEMTokenFlowEdit", title, "Edit", model=list(model), trajectory=[trajectory, 1], positive=[7, 0],
-          negative=[8, 0], source_conditioning=[4, 0], source_latent=list(source_latent), **values),
+          negative=[8, 0], **values),
         n(node_id + 1, "VAEDecode", "Decode edit", "Edit", samples=[node_id, 0], vae=[2, 2]),
     ]
 
@@ -167,7 +170,7 @@ def fatezero_graph():
         n(8, "STEMFateZeroEdit", "STEM-FateZero edit", "Edit", model=[5, 0], trajectory=[7, 1], clip=[2, 1],
           target_prompt=TARGET_PROMPT, blend_words="square", blend_threshold=0.3, cross_replace_steps=0.8,
           self_replace_steps=0.5, reweight="", cfg=7.5, negative_prompt="", latent_blend=False,
-          release_store=False),
+          release_store=False, target_blend_words=""),
         n(9, "VAEDecode", "Decode edit", "Edit", samples=[8, 0], vae=[2, 2]),
         n(12, "MaskToImage", "Blend mask as image", "Edit", mask=[8, 1]),
         save(10, 9, "STEM/fatezero_stem", "Save STEM-FateZero edit"),
@@ -215,30 +218,6 @@ def vhs_graph():
     ]
 
 
-def core_video_graph():
-    """Current ComfyUI's core video nodes around the STEM nodes (VIDEO in, VIDEO out, audio kept)."""
-    text = ("Current ComfyUI (0.3.4x and later): core Load Video -> Get Video Components (frames, audio, fps) -> "
-            "STEM -> Create Video (frames + the source's audio) -> Save Video. On older hosts use the "
-            "tokenflow_stem workflow (STEM Load Video / STEM Save Video). Core Load Video loads every frame at "
-            "full size: use a short clip whose sides are multiples of 8.\n\n" + CLIP_NOTE)
-    return [note(text),
-            n(1, "LoadVideo", "Load Video (core)", "Load", file=DEMO_VIDEO),
-            n(14, "GetVideoComponents", "Get Video Components", "Load", video=[1, 0]),
-            n(2, "CheckpointLoaderSimple", "Load Checkpoint (SD1.5)", "Load", ckpt_name=DEFAULT_CHECKPOINT),
-            n(3, "VAEEncode", "Encode frames", "Load", pixels=[14, 0], vae=[2, 2]),
-            n(4, "CLIPTextEncode", "Source prompt", "Load", text=SOURCE_PROMPT, clip=[2, 1]),
-            stem_patch(5),
-            n(6, "STEMInvert", "STEM inversion", "Invert", model=[5, 0], latent=[3, 0], source_conditioning=[4, 0],
-              steps=50),
-            ] + prompts_for_edit() + tokenflow_edit(9, 6, "STEM-TokenFlow edit") + [
-        n(11, "CreateVideo", "Create Video (with the source's audio)", "Output", images=[10, 0], fps=[14, 2],
-          audio=[14, 1]),
-        n(15, "SaveVideo", "Save Video (core)", "Output", video=[11, 0], filename_prefix="STEM/core_video_tokenflow",
-          format="auto", codec="auto"),
-        metrics(12, 10, "STEM-TokenFlow edit (core video nodes)", "STEM/core_video_tokenflow", source=(14, 0)),
-    ]
-
-
 GRAPHS = {
     "stem_reconstruction": reconstruction_graph,
     "tokenflow_stem": tokenflow_graph,
@@ -246,7 +225,6 @@ GRAPHS = {
     "fatezero_stem": fatezero_graph,
     "long_clip_tokenflow": long_clip_graph,
     "vhs_tokenflow": vhs_graph,
-    "core_video_tokenflow": core_video_graph,
 }
 GROUP_ORDER = ("Load", "Invert", "Edit", "Reconstruct", "Output")
 
@@ -274,44 +252,73 @@ def specs_for(classes, graph):
         elif cls in extra:
             specs[cls] = spec_from_object_info(extra[cls])
         else:
-            raise SystemExit(f"{cls} is neither loaded nor in {EXTRA_SPECS.name}; run --capture-specs against a "
-                             f"host that has it ({OPTIONAL_NODES.get(cls, '?')})")
+            raise SystemExit(f"{cls} is neither loaded nor in {EXTRA_SPECS.name}; install it "
+                             f"({OPTIONAL_NODES.get(cls, '?')}) and run --capture-specs")
     return specs
+
+
+def _supported(graph, specs):
+    """Drops the inputs a node description marks "if_supported" that its class does not have (yet)."""
+    out = []
+    for g in graph:
+        names = {i[0] for i in specs[g["class_type"]]["inputs"]} if g["class_type"] in specs else set()
+        drop = set(g.get("if_supported", ())) - names
+        out.append(dict(g, inputs={k: v for k, v in g["inputs"].items() if k not in drop}))
+    return out
 
 
 def render(classes, name):
     graph = GRAPHS[name]()
     specs = specs_for(classes, graph)
+    graph = _supported(graph, specs)
     placed, groups = layout(graph, specs, GROUP_ORDER)
     ui = build_ui(placed, specs, groups)
     return ui, ui_to_api(ui, specs), specs
 
 
-def capture_specs(url: str):
-    import urllib.request
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    info = json.loads(opener.open(url.rstrip("/") + "/object_info", timeout=60).read())
+def object_info_entry(cls) -> dict:
+    """What /object_info says about a node class (the fields workflow_format reads)."""
+    outputs = list(getattr(cls, "RETURN_TYPES", ()))
+    return {"input": cls.INPUT_TYPES(), "output": outputs, "output_name": list(getattr(cls, "RETURN_NAMES", outputs)),
+            "display_name": getattr(cls, "TITLE", None)}
+
+
+def capture_specs(classes):
+    """Refreshes extra_node_specs.json from the optional node classes this host loaded (install them into its
+    custom_nodes first); a combo of input files is replaced by the demo clip (it lists the capturing host's files)."""
     extra = json.loads(EXTRA_SPECS.read_text()) if EXTRA_SPECS.exists() else {}
-    found = {k: info[k] for k in OPTIONAL_NODES if k in info}
-    for entry in found.values():  # the input folder's file list is the capturing host's, not a spec
+    found = {k: json.loads(json.dumps(object_info_entry(classes[k]), default=str)) for k in OPTIONAL_NODES
+             if k in classes}
+    for entry in found.values():
         for section in ("required", "optional"):
             for name, data in (entry.get("input", {}).get(section) or {}).items():
                 if isinstance(data[0], list) and name in ("video", "file"):
                     data[0] = [DEMO_VIDEO]
     extra.update(found)
-    EXTRA_SPECS.write_text(json.dumps(extra, indent=1, sort_keys=True) + "\n")
+    # keys of "input" keep their order: it is the widget order
+    EXTRA_SPECS.write_text(json.dumps(dict(sorted(extra.items())), indent=1) + "\n")
     print(f"captured {sorted(found)} into {EXTRA_SPECS.relative_to(REPO)}")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--capture-specs", metavar="URL", help="refresh extra_node_specs.json from a running host")
+    ap.add_argument("--capture-specs", action="store_true",
+                    help="refresh extra_node_specs.json from the optional nodes installed in the host")
     args = ap.parse_args(argv)
+    classes = boot_classes()
     if args.capture_specs:
-        capture_specs(args.capture_specs)
+        booted = comfy_host.boot_in_process()
+        import server  # packs such as VideoHelperSuite add their routes to the (here absent) server at import
+        from aiohttp import web
+        if not hasattr(server.PromptServer, "instance"):
+            server.PromptServer.instance = type("NoServer", (), {"routes": web.RouteTableDef(), "prompt_queue": None,
+                                                                 "number": 0})()
+        for folder in sorted((booted["comfyui_dir"] / "custom_nodes").iterdir()):
+            if folder.is_dir() and folder.name != comfy_host.PACK_LINK_NAME and not folder.name.startswith("__"):
+                booted["nodes"].load_custom_node(str(folder))
+        capture_specs(classes)
         return
     from thumbnails import render_thumbnail
-    classes = boot_classes()
     for folder in ("example_workflows", "workflows", "workflows/api"):
         (REPO / folder).mkdir(parents=True, exist_ok=True)
     for name in GRAPHS:

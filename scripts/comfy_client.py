@@ -39,7 +39,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 class WorkflowError(Exception):
     """Base of every failure the runner reports (message is meant for people)."""
@@ -79,7 +79,7 @@ class ServerUnreachable(WorkflowError):
 
 
 
-VIDEO_LOADERS = ("STEMVideoLoad",)
+VIDEO_LOADERS = ("STEMVideoLoad", "VHS_LoadVideo")
 PROMPT_ENCODERS = ("CLIPTextEncode",)
 IMAGE_LOADER = "LoadImage"
 EDITED_FRAME_MARK = "edited first frame"
@@ -96,8 +96,10 @@ TINY_NOTICE = ("Output made with the TINY RANDOM TEST MODEL (swapped in by the r
                "not a real edit.")
 
 # class -> (frame-count inputs, (width input, height input)) the runner's --frames / --size set.
-FRAME_INPUTS = {"STEMVideoLoad": ("frame_load_cap",), "SVD_img2vid_Conditioning": ("video_frames",)}
-SIZE_INPUTS = {"STEMVideoLoad": ("custom_width", "custom_height"), "SVD_img2vid_Conditioning": ("width", "height"),
+FRAME_INPUTS = {"STEMVideoLoad": ("frame_load_cap",), "VHS_LoadVideo": ("frame_load_cap",),
+                "SVD_img2vid_Conditioning": ("video_frames",)}
+SIZE_INPUTS = {"STEMVideoLoad": ("custom_width", "custom_height"), "VHS_LoadVideo": ("custom_width", "custom_height"),
+               "SVD_img2vid_Conditioning": ("width", "height"),
                "ImageScale": ("width", "height")}
 
 

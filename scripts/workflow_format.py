@@ -327,19 +327,14 @@ def overlaps(ui: dict, gap: float = 0) -> list:
             and boxes[a][1] < boxes[b][3] + gap and boxes[b][1] < boxes[a][3] + gap]
 
 
-REROUTE_SIZE = [75, 26]
-REROUTE_ID_BASE = 1000
-
-
 def layout(graph: list, specs: dict, group_order=("Load", "Invert", "Edit", "Output")):
     """Positions, sizes and group frames for a graph description whose nodes name their "group"; returns
-    (graph with "pos" and "size" set plus the Reroute nodes it needed, the UI "groups" list). Deterministic.
+    (graph with "pos" and "size" set, the UI "groups" list). Deterministic.
 
-    Layered drawing: groups are column bands left to right, a group has one column per step of its longest
-    internal chain. A wire that would skip columns runs through Reroute nodes, one per column it passes (the
-    classic dummy nodes), so every wire joins neighbouring columns; nodes (and reroutes) are ordered in their
-    columns by barycentres, then by moves that lower the number of crossings (then the wire length); reroutes
-    that are not needed for that are removed again."""
+    Groups are column bands from left to right; inside a group a node's column is one more than the column of
+    its latest same-group input (so every wire runs left to right). Each column is stacked top to bottom; the
+    order inside every column is chosen (exhaustively per column, a few sweeps) for the fewest wire crossings
+    as the editor draws wires, then the shortest vertical wire runs."""
     nodes = {int(n["id"]): dict(n) for n in graph}
     for n in nodes.values():
         n["size"] = list(n.get("size") or (estimate_size(n, specs[n["class_type"]]) if n["class_type"] != "Note"
@@ -348,15 +343,14 @@ def layout(graph: list, specs: dict, group_order=("Load", "Invert", "Edit", "Out
     missing = [n["id"] for n in nodes.values() if n.get("group") not in groups]
     if missing:
         raise ValueError(f"nodes {missing} have no group of {group_order}")
-    real_edges = [e for e in _edges(graph) if e[0] in nodes and e[2] in nodes]
+    edges = [e for e in _edges(graph) if e[0] in nodes and e[2] in nodes]
     slot_of = {nid: _input_slots(n, specs[n["class_type"]]) for nid, n in nodes.items() if n["class_type"] != "Note"}
 
     depth = {}
 
     def depth_of(nid):
         if nid not in depth:
-            depth[nid] = 0
-            preds = [s for s, _, t, _ in real_edges if t == nid and nodes[s]["group"] == nodes[nid]["group"]]
+            preds = [s for s, _, t, _ in edges if t == nid and nodes[s]["group"] == nodes[nid]["group"]]
             depth[nid] = 1 + max((depth_of(s) for s in preds), default=-1)
         return depth[nid]
     columns = []
@@ -366,142 +360,62 @@ def layout(graph: list, specs: dict, group_order=("Load", "Invert", "Edit", "Out
         for lvl in sorted({depth_of(nid) for nid in members}):
             columns.append([nid for nid in members if depth_of(nid) == lvl])
     col_of = {nid: c for c, col in enumerate(columns) for nid in col}
-    for s_, _, t_, _ in real_edges:
+    for s_, _, t_, _ in edges:
         if col_of[t_] <= col_of[s_]:
             raise ValueError(f"link {s_} -> {t_} goes against the group order {groups}")
 
-    # dummy chains: one Reroute per column a wire passes, shared by the wires of one output
-    chains = {}  # (source, slot) -> {column: reroute id}
-    next_id = REROUTE_ID_BASE
-    for s_, ss, t_, _ in sorted(real_edges):
-        far = max(col_of[t] for s2, ss2, t, _ in real_edges if (s2, ss2) == (s_, ss))
-        if far - col_of[s_] > 1 and (s_, ss) not in chains:
-            chains[(s_, ss)] = {}
-            for c in range(col_of[s_] + 1, far):
-                chains[(s_, ss)][c] = next_id
-                nodes[next_id] = {"id": next_id, "class_type": "Reroute", "size": list(REROUTE_SIZE),
-                                  "group": nodes[s_]["group"], "inputs": {}}
-                slot_of[next_id] = {"": 0}
-                col_of[next_id] = c
-                columns[c].append(next_id)
-                next_id += 1
-
-    def edges_for(active):
-        """Edges with the chains in ``active`` routed through their reroutes."""
-        out = []
-        for key, chain in chains.items():
-            if key in active:
-                prev = key
-                for c in sorted(chain):
-                    out.append((prev[0], prev[1], chain[c], ""))
-                    prev = (chain[c], 0)
-        for s_, ss, t_, name in real_edges:
-            chain = chains.get((s_, ss)) if (s_, ss) in active else None
-            if chain and col_of[t_] - 1 in chain:
-                out.append((chain[col_of[t_] - 1], 0, t_, name))
-            else:
-                out.append((s_, ss, t_, name))
-        return out
-
-    xs, widths, x = [], [], 40
+    xs, x = [], 40
     for c, col in enumerate(columns):
-        real = [nid for nid in col if nodes[nid]["class_type"] != "Reroute"]
-        group = nodes[col[0]]["group"]
-        if c and group != nodes[columns[c - 1][0]]["group"]:
+        if c and nodes[col[0]]["group"] != nodes[columns[c - 1][0]]["group"]:
             x += 2 * GROUP_PAD
         xs.append(x)
-        widths.append(max(nodes[nid]["size"][0] for nid in (real or col)))
-        x += widths[-1] + COLUMN_GAP
+        x += max(nodes[nid]["size"][0] for nid in col) + COLUMN_GAP
+    top = 40 + GROUP_TITLE_H + TITLE_H
 
-    def place(order, edges):
+    def place(order):
+        """Stacks each column top down; a node sits level with its inputs where the nodes above leave room
+        (the median of the heights that make its wires horizontal)."""
         pos = {}
-        top = 40 + GROUP_TITLE_H + TITLE_H
         for c, col in enumerate(order):
-            y_floor = top
+            floor = top
             for nid in col:
-                ins = [(s_, ss, name) for s_, ss, t_, name in edges if t_ == nid and s_ in pos]
-                want = top
-                if ins:
-                    targets = sorted(pos[s_][1] + ss * SLOT_H - slot_of[nid][name] * SLOT_H for s_, ss, name in ins)
-                    want = targets[len(targets) // 2]
-                title = 0 if nodes[nid]["class_type"] == "Reroute" else TITLE_H
-                y = max(y_floor + title, want)
-                pos[nid] = (xs[c] + (0 if title else (widths[c] - REROUTE_SIZE[0]) / 2), y)
-                y_floor = y + nodes[nid]["size"][1] + ROW_GAP
+                want = sorted(pos[s_][1] + ss * SLOT_H - slot_of[nid][name] * SLOT_H
+                              for s_, ss, t_, name in edges if t_ == nid and s_ in pos)
+                y = max(floor, want[len(want) // 2] if want else top)
+                pos[nid] = (xs[c], y)
+                floor = y + nodes[nid]["size"][1] + TITLE_H + ROW_GAP
         return pos
 
-    def score(order, active):
-        edges = edges_for(active)
-        pos = place(order, edges)
+    def score(order):
+        pos = place(order)
         ui_like = {"nodes": [{"id": nid, "pos": list(pos[nid]), "size": nodes[nid]["size"]} for nid in pos],
                    "links": [[k, s_, ss, t_, slot_of[t_][name], None] for k, (s_, ss, t_, name) in enumerate(edges)]}
         wires = ui_wires(ui_like)
-        length = sum(abs(p[-1][0] - p[0][0]) + abs(p[-1][1] - p[0][1]) for _, p in wires)
-        height = max(pos[nid][1] + nodes[nid]["size"][1] for nid in pos)
-        return (len(crossings(wires)), len([k for k in active]), length + height), pos
+        return (len(crossings(wires)), sum(abs(p[-1][1] - p[0][1]) for _, p in wires))
 
-    def without(order, active):
-        keep = {r for k in active for r in chains[k].values()}
-        return [[nid for nid in col if nodes[nid]["class_type"] != "Reroute" or nid in keep] for col in order]
-
-    def improve(order, active):
-        edges = edges_for(active)
-        rank = {nid: i for col in order for i, nid in enumerate(col)}
-        for _ in range(3):
-            for c in range(1, len(order)):
-                def bary(nid):
-                    if nodes[nid]["class_type"] == "Note":
-                        return -2
-                    ins = [rank[s_] for s_, _, t_, _ in edges if t_ == nid]
-                    return (sum(ins) / len(ins)) if ins else -1
-                order[c] = sorted(order[c], key=bary)
-                rank.update({nid: i for i, nid in enumerate(order[c])})
-        best, pos = score(order, active)
-        improved = True
-        while improved:
-            improved = False
-            for c, col in enumerate(order):
-                movable = [k for k, nid in enumerate(col) if nodes[nid]["class_type"] != "Note"]
-                for i, j in itertools.permutations(movable, 2):
-                    trial = [list(x) for x in order]
-                    trial[c].insert(j, trial[c].pop(i))
-                    sc, p = score(trial, active)
-                    if sc < best:
-                        best, pos, order, improved = sc, p, trial, True
-                        break
-                if improved:
-                    break
-        return best, pos, order
-
-    active = set(chains)
-    best, pos, order = improve([list(col) for col in columns], active)
-    for key in sorted(chains, key=lambda k: len(chains[k])):  # drop the reroutes the drawing does not need
-        trial_active = active - {key}
-        sc, p, o = improve(without(order, trial_active), trial_active)
-        if sc[0] <= best[0]:
-            best, pos, order, active = sc, p, o, trial_active
-
-    out = []
-    for n in graph:
-        nid = int(n["id"])
-        out.append(dict(n, pos=[int(round(pos[nid][0])), int(round(pos[nid][1]))], size=nodes[nid]["size"]))
-    final_edges = edges_for(active)
-    inputs_of = {}
-    for s_, ss, t_, name in final_edges:
-        inputs_of.setdefault(t_, {})[name] = [s_, ss]
-    for key in sorted(active):
-        for c, rid in sorted(chains[key].items()):
-            out.append({"id": rid, "class_type": "Reroute", "title": None, "group": nodes[rid]["group"],
-                        "inputs": {"": inputs_of[rid][""]}, "pos": [int(round(pos[rid][0])), int(round(pos[rid][1]))],
-                        "size": list(REROUTE_SIZE)})
-    for m in out:  # real nodes now read from the reroutes
-        if m["class_type"] not in ("Reroute", "Note"):
-            m["inputs"] = dict(m["inputs"], **inputs_of.get(int(m["id"]), {}))
+    order = [list(col) for col in columns]
+    best = score(order)
+    for _ in range(3):
+        changed = False
+        for c, col in enumerate(order):
+            fixed = [nid for nid in col if nodes[nid]["class_type"] == "Note"]  # the read-me stays on top
+            movable = [nid for nid in col if nid not in fixed]
+            if len(movable) < 2:
+                continue
+            for perm in itertools.islice(itertools.permutations(movable), 720):
+                trial = order[:c] + [fixed + list(perm)] + order[c + 1:]
+                sc = score(trial)
+                if sc < best:
+                    best, order, changed = sc, trial, True
+        if not changed:
+            break
+    pos = place(order)
+    out = [dict(n, pos=[int(pos[int(n["id"])][0]), int(pos[int(n["id"])][1])], size=nodes[int(n["id"])]["size"])
+           for n in graph]
 
     frames = []
     for g in groups:
-        members = [m for m in out if m.get("group") == g]
-        boxes = [_box(m) for m in members]
+        boxes = [_box(m) for m in out if m.get("group") == g]
         x0 = min(b[0] for b in boxes) - GROUP_PAD
         y0 = min(b[1] for b in boxes) - GROUP_TITLE_H
         x1 = max(b[2] for b in boxes) + GROUP_PAD

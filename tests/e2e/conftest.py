@@ -2,7 +2,6 @@
 127.0.0.1 port, driven over HTTP and the websocket by scripts/run_workflow.py."""
 import json
 import shutil
-import sys
 
 import pytest
 
@@ -52,3 +51,12 @@ def run(server):
     def go(workflow, out_dir=None, timeout=600):
         return cc.queue_and_wait(server, workflow, timeout=timeout, out_dir=out_dir, log=None)
     return go
+
+
+def skip_without_optional_nodes(known, workflow):
+    """Skip (with the reason) a workflow that needs optional node packs the server lacks (VideoHelperSuite);
+    ``known``: the server's /object_info class names; ``workflow``: UI or API format."""
+    from build_workflows import optional_nodes
+    missing = {cls: where for cls, where in optional_nodes(workflow).items() if cls not in known}
+    if missing:
+        pytest.skip(f"needs {sorted(set(missing.values()))}, not installed in this host: {sorted(missing)}")

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -22,7 +21,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import REPO
-from tests.e2e.conftest import load_api
+from tests.e2e.conftest import load_api, skip_without_optional_nodes
 from tests.e2e.test_reconstruction_server import small
 
 import comfy_client as cc  # noqa: E402
@@ -228,6 +227,7 @@ def test_workflows_exist():
 def test_workflow_in_browser(page, server, server_input, run, path):
     name = path.stem
     ui = json.loads(path.read_text())
+    skip_without_optional_nodes(_object_info(server), ui)
     page.events.clear()
     res = page.js(f"{LOAD_JS}({json.dumps(ui)})", timeout=120)
     shot = _screenshot(page, name)
