@@ -8,13 +8,21 @@ export COMFYUI_DIR := $(HOST)
 DEMO_OUT ?= demo_output
 WORKFLOW ?= stem_reconstruction
 
-.PHONY: setup test test-core demo bench browser-deps workflows clean
+.PHONY: setup test test-core lint check-workflows demo bench browser-deps workflows clean
 
 setup:
 	@bash scripts/setup.sh
 
-test: setup
+test: setup lint check-workflows
 	$(PY) -m pytest -q tests
+
+# ruff (pinned in requirements-dev.txt; settings in pyproject.toml [tool.ruff])
+lint: setup
+	$(PY) -m ruff check .
+
+# example_workflows/, workflows/ and workflows/api/ are what scripts/build_workflows.py writes (and laid out)
+check-workflows: setup
+	$(PY) -m pytest -q tests/host/test_example_workflows.py
 
 test-core: setup
 	$(PY) -m pytest -q tests/core
@@ -33,7 +41,7 @@ bench: setup
 browser-deps:
 	@bash scripts/setup_browser.sh
 
-# Regenerate workflows/ and workflows/api/ from scripts/build_workflows.py.
+# Regenerate example_workflows/ (+ thumbnails), workflows/ and workflows/api/ from scripts/build_workflows.py.
 workflows: setup
 	$(PY) scripts/build_workflows.py
 

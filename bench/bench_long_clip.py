@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import DEFAULT_OUT, REPO, bench_args, machine_info, markdown_table, publish
+from . import REPO, bench_args, machine_info, markdown_table, publish
 
 
 def _child(clip: str, frames: int, size: int, steps: int, device: str = "cpu") -> dict:

@@ -465,7 +465,7 @@ class BaselineAttention:
         return self
 
     def __call__(self, q, k, v, extra_options):
-        p, s = self.patch, self.patch.settings
+        s = self.patch.settings
         heads = int(extra_options["n_heads"])
         cond_or_uncond, frames = video_batch(q.shape[0], extra_options)
         if s.mode == "two_frame":

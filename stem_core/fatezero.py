@@ -52,7 +52,7 @@ from .attention import group_rows, sigma_of, video_batch
 from .em import m_step
 from .errors import STEMError
 from .inversion import InversionTrajectory, ddim_step
-from .memory import (available_disk_bytes, available_ram_bytes, check_fits, fatezero_store_bytes, fused_steps, gb,
+from .memory import (available_disk_bytes, available_ram_bytes, check_fits, fatezero_store_bytes, fused_steps,
                      largest_fitting, latent_blend_steps, recorded_store_steps)
 from .sites import BLEND_MASK_SITES, SD15_KEYS, site_name, site_of
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from typing import Callable, Iterable, Mapping, Optional
+from typing import Callable, Iterable, Mapping
 
 from .errors import MemoryBudgetError, STEMError
 from .sites import site_info

@@ -379,7 +379,7 @@ def test_fatezero_latent_blend_union():
     from comfyui_stem.stem_core.inversion import InversionTrajectory
     torch.manual_seed(0)
     frames, heads, d, steps = 2, 2, 4, 5
-    site, hw = ("input", 7), (4, 4)  # a 16x16-latent blend site: 4x4 tokens
+    site = ("input", 7)  # a 16x16-latent blend site: 4x4 tokens
     left = torch.zeros(4, 4)
     left[:, :2] = 1
     store = fz.AttentionStore(steps, frames)

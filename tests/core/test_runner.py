@@ -2,7 +2,6 @@
 checks, input checks and error texts."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest

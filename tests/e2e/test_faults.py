@@ -5,7 +5,6 @@ import copy
 import hashlib
 import json
 import shutil
-import sys
 import time
 import urllib.parse
 import uuid

@@ -6,13 +6,12 @@ The table in docs/bad_inputs.md (section video_loader) is generated from what th
 import os
 import shutil
 import struct
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from tests.conftest import COMFYUI_DIR, REPO
+from tests.conftest import COMFYUI_DIR
 from tests.doc_table import check_section
 from tests.e2e.conftest import load_api
 from tests.e2e.test_faults import lean

@@ -1,11 +1,9 @@
 """End to end through a real ComfyUI server: /object_info, /prompt, the websocket, outputs."""
 import json
 import math
-import sys
 
 import pytest
 
-from tests.conftest import REPO
 from tests.e2e.conftest import load_api
 
 import comfy_client as cc  # noqa: E402

@@ -1,11 +1,10 @@
 """In-process ComfyUI host for node-level tests (the real ComfyUI, CPU only), booted by
 scripts/comfy_host.py the same way the benchmarks and the workflow generator boot it."""
 import shutil
-import sys
 
 import pytest
 
-from tests.conftest import COMFYUI_DIR, REPO
+from tests.conftest import COMFYUI_DIR
 
 import comfy_host as host_boot  # noqa: E402
 
