@@ -34,6 +34,10 @@ NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
 EXTRA_SPECS = REPO / "scripts" / "extra_node_specs.json"
 # Node classes some workflows need beyond the pack and the pinned host: class -> where it comes from.
 OPTIONAL_NODES = {
+    "LoadVideo": "current ComfyUI's core video nodes (0.3.4x and later)",
+    "GetVideoComponents": "current ComfyUI's core video nodes (0.3.4x and later)",
+    "CreateVideo": "current ComfyUI's core video nodes (0.3.4x and later)",
+    "SaveVideo": "current ComfyUI's core video nodes (0.3.4x and later)",
     "VHS_LoadVideo": "ComfyUI-VideoHelperSuite",
     "VHS_VideoCombine": "ComfyUI-VideoHelperSuite",
     "VHS_VideoInfoLoaded": "ComfyUI-VideoHelperSuite",
@@ -218,6 +222,30 @@ def vhs_graph():
     ]
 
 
+def core_video_graph():
+    """Current ComfyUI's core video nodes around the STEM nodes: VIDEO in, VIDEO out, the source's audio kept."""
+    text = ("Current ComfyUI (0.3.4x and later; made and run on 0.3.64): core Load Video -> Get Video Components "
+            "(frames, audio, fps) -> STEM -> Create Video (frames + the source's audio) -> Save Video. Hosts "
+            "without these nodes: use tokenflow_stem (STEM Load Video / STEM Save Video). Core Load Video loads "
+            "every frame at full size: use a short clip whose sides are multiples of 8.\n\n" + CLIP_NOTE)
+    return [note(text),
+            n(1, "LoadVideo", "Load Video (core)", "Load", file=DEMO_VIDEO),
+            n(14, "GetVideoComponents", "Get Video Components", "Load", video=[1, 0]),
+            n(2, "CheckpointLoaderSimple", "Load Checkpoint (SD1.5)", "Load", ckpt_name=DEFAULT_CHECKPOINT),
+            n(3, "VAEEncode", "Encode frames", "Load", pixels=[14, 0], vae=[2, 2]),
+            n(4, "CLIPTextEncode", "Source prompt", "Load", text=SOURCE_PROMPT, clip=[2, 1]),
+            stem_patch(5),
+            n(6, "STEMInvert", "STEM inversion", "Invert", model=[5, 0], latent=[3, 0], source_conditioning=[4, 0],
+              steps=50),
+            ] + prompts_for_edit() + tokenflow_edit(9, 6, "STEM-TokenFlow edit") + [
+        n(11, "CreateVideo", "Create Video (with the source's audio)", "Output", images=[10, 0], fps=[14, 2],
+          audio=[14, 1]),
+        n(15, "SaveVideo", "Save Video (core)", "Output", video=[11, 0], filename_prefix="STEM/core_video_tokenflow",
+          format="auto", codec="auto"),
+        metrics(12, 10, "STEM-TokenFlow edit (core video nodes)", "STEM/core_video_tokenflow", source=(14, 0)),
+    ]
+
+
 GRAPHS = {
     "stem_reconstruction": reconstruction_graph,
     "tokenflow_stem": tokenflow_graph,
@@ -225,6 +253,7 @@ GRAPHS = {
     "fatezero_stem": fatezero_graph,
     "long_clip_tokenflow": long_clip_graph,
     "vhs_tokenflow": vhs_graph,
+    "core_video_tokenflow": core_video_graph,
 }
 GROUP_ORDER = ("Load", "Invert", "Edit", "Reconstruct", "Output")
 
@@ -308,14 +337,21 @@ def main(argv=None):
     classes = boot_classes()
     if args.capture_specs:
         booted = comfy_host.boot_in_process()
+        # some current ComfyUI module puts comfy/ itself on sys.path, so comfy/utils.py shadows the top-level
+        # `utils` package that current ComfyUI's server imports
+        sys.path[:] = [p for p in sys.path if Path(p).resolve() != booted["comfyui_dir"] / "comfy"]
+        if "utils" in sys.modules and Path(sys.modules["utils"].__file__).parent.name == "comfy":
+            del sys.modules["utils"]
         import server  # packs such as VideoHelperSuite add their routes to the (here absent) server at import
         from aiohttp import web
         if not hasattr(server.PromptServer, "instance"):
             server.PromptServer.instance = type("NoServer", (), {"routes": web.RouteTableDef(), "prompt_queue": None,
                                                                  "number": 0})()
-        for folder in sorted((booted["comfyui_dir"] / "custom_nodes").iterdir()):
-            if folder.is_dir() and folder.name != comfy_host.PACK_LINK_NAME and not folder.name.startswith("__"):
-                booted["nodes"].load_custom_node(str(folder))
+        extras = [booted["comfyui_dir"] / "comfy_extras" / "nodes_video.py"]  # current ComfyUI's core video nodes
+        packs = [f for f in sorted((booted["comfyui_dir"] / "custom_nodes").iterdir())
+                 if f.is_dir() and f.name != comfy_host.PACK_LINK_NAME and not f.name.startswith("__")]
+        for path in [e for e in extras if e.exists()] + packs:
+            comfy_host._load_node_module(booted["nodes"], path)
         capture_specs(classes)
         return
     from thumbnails import render_thumbnail

@@ -79,7 +79,8 @@ class ServerUnreachable(WorkflowError):
 
 
 
-VIDEO_LOADERS = ("STEMVideoLoad", "VHS_LoadVideo")
+# video loader class -> its file input
+VIDEO_LOADERS = {"STEMVideoLoad": "video", "VHS_LoadVideo": "video", "LoadVideo": "file"}
 PROMPT_ENCODERS = ("CLIPTextEncode",)
 IMAGE_LOADER = "LoadImage"
 EDITED_FRAME_MARK = "edited first frame"
@@ -311,7 +312,7 @@ def apply_overrides(workflow: Dict[str, dict], o: Overrides, changes: Optional[L
         if not hits:
             raise WorkflowError(f"--video: the workflow has no {' / '.join(VIDEO_LOADERS)} node")
         for nid in hits:
-            set_input(nid, "video", o.video)
+            set_input(nid, VIDEO_LOADERS[wf[nid]["class_type"]], o.video)
 
     if o.edited_frame is not None:
         hits = [nid for nid, n in wf.items() if n["class_type"] == IMAGE_LOADER and _marked(nid, n, EDITED_FRAME_MARK)]

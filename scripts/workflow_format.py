@@ -40,7 +40,7 @@ def input_specs(input_types: dict):
         for name, data in (input_types.get(section) or {}).items():
             typ = data[0]
             opts = data[1] if len(data) > 1 and isinstance(data[1], dict) else {}
-            is_widget = isinstance(typ, list) or typ in WIDGET_TYPES
+            is_widget = isinstance(typ, list) or typ in WIDGET_TYPES or typ == "COMBO"  # "COMBO": v3 schema nodes
             has_control = is_widget and ((typ == "INT" and name in ("seed", "noise_seed"))
                                          or bool(opts.get("control_after_generate")))
             specs.append((name, "COMBO" if isinstance(typ, list) else typ, opts, is_widget, has_control))

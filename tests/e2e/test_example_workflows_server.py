@@ -2,10 +2,11 @@
 describes them, the Templates route of hosts that have it (ComfyUI >= 0.3.12; the pinned 2024-03 host has none),
 and the VideoHelperSuite variant end to end when VideoHelperSuite is installed."""
 import json
+import shutil
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import COMFYUI_DIR, REPO
 from tests.e2e.conftest import skip_without_optional_nodes
 from tests.e2e.test_reconstruction_server import small
 
@@ -57,3 +58,34 @@ def test_videohelpersuite_variant_runs(info, server_input, run, tmp_path):
     with av.open(mp4s[0]) as container:
         assert container.streams.video[0].codec_context.name == "h264"
         assert [s.codec_context.name for s in container.streams.audio] == ["aac"], "the clip's sound was dropped"
+
+
+def test_core_video_variant_runs(info, clips, run, tmp_path):
+    """Current ComfyUI (0.3.4x+): core Load Video -> Get Video Components -> STEM -> Create Video (with the
+    source's audio) -> Save Video, on the tiny model. Skipped on hosts without the core video nodes (the pinned
+    2024-03 one); runs when the suite is pointed at a current host (COMFYUI_DIR=...)."""
+    wf = json.loads((REPO / "workflows" / "api" / "core_video_tokenflow.json").read_text())
+    skip_without_optional_nodes(info, wf)
+    # core Load Video lists only the top level of the input folder: the clip with sound goes there for this test
+    clip = COMFYUI_DIR / "input" / "stem_test_core_video.mp4"
+    shutil.copy(clips / "man-skiing.mp4", clip)
+    try:
+        wf = small(wf, clip.name)
+        # core Load Video keeps every frame at full size (718x718 here): 6 frames at 64x64 go on
+        wf["90"] = {"class_type": "ImageScale", "inputs": {"image": ["14", 0], "upscale_method": "bilinear",
+                                                           "width": 64, "height": 64, "crop": "center"}}
+        wf["91"] = {"class_type": "ImageFromBatch", "inputs": {"image": ["90", 0], "batch_index": 0, "length": 6}}
+        for node in wf.values():
+            for name in ("pixels", "source"):
+                if node["inputs"].get(name) == ["14", 0]:
+                    node["inputs"][name] = ["91", 0]
+        result = run(wf, out_dir=str(tmp_path), timeout=900)
+    finally:
+        clip.unlink()
+    mp4s = [p for p in result["downloaded"] if p.endswith(".mp4")]
+    assert mp4s, result["downloaded"]
+    import av
+    with av.open(mp4s[0]) as container:
+        video = container.streams.video[0]
+        assert (video.codec_context.width, video.codec_context.height) == (64, 64)
+        assert container.streams.audio, "Create Video dropped the source's audio"

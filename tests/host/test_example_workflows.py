@@ -93,7 +93,8 @@ def test_each_workflow_says_which_clip_it_uses(built, name):
     assert notes, f"{name}: no Note node"
     text = " ".join(n["widgets_values"][0] for n in notes)
     assert bw.DEMO_VIDEO in text and "make demo" in text
-    videos = [v["inputs"].get("video") for v in api.values() if v["class_type"] in ("STEMVideoLoad", "VHS_LoadVideo")]
+    loaders = {"STEMVideoLoad": "video", "VHS_LoadVideo": "video", "LoadVideo": "file"}
+    videos = [v["inputs"].get(loaders[v["class_type"]]) for v in api.values() if v["class_type"] in loaders]
     assert videos and all(v == bw.DEMO_VIDEO for v in videos), f"{name}: loaders read {videos}"
     assert not [n for n in api.values() if n["class_type"] in FRONTEND_ONLY]
 
