@@ -39,7 +39,9 @@ def test_templates_route_lists_every_example(server):
         pytest.skip("this host has no /api/workflow_templates (added in ComfyUI 0.3.12; the pinned a28a9dc8 of "
                     "2024-03 predates it): the examples are checked against /object_info instead")
     listed = json.loads(body)
-    assert sorted(listed.get(PACK_FOLDER, [])) == sorted(p.stem for p in EXAMPLES), listed.get(PACK_FOLDER)
+    # 0.3.6x lists every json of example_workflows/ AND workflows/ (its other accepted folder name), so each
+    # example appears twice there; the set is what matters here
+    assert set(listed.get(PACK_FOLDER, [])) == {p.stem for p in EXAMPLES}, listed.get(PACK_FOLDER)
     for path in EXAMPLES:
         served = cc._http("GET", f"http://{server.address}/api/workflow_templates/{PACK_FOLDER}/{path.name}")[1]
         assert json.loads(served) == json.loads(path.read_text())
@@ -70,7 +72,8 @@ def test_core_video_variant_runs(info, clips, run, tmp_path):
     clip = COMFYUI_DIR / "input" / "stem_test_core_video.mp4"
     shutil.copy(clips / "man-skiing.mp4", clip)
     try:
-        wf = small(wf, clip.name)
+        # core Load Video has no frame cap nor size: ImageScale and ImageFromBatch below
+        wf = cc.apply_overrides(wf, cc.Overrides(tiny_model=True, video=clip.name, steps=4))
         # core Load Video keeps every frame at full size (718x718 here): 6 frames at 64x64 go on
         wf["90"] = {"class_type": "ImageScale", "inputs": {"image": ["14", 0], "upscale_method": "bilinear",
                                                            "width": 64, "height": 64, "crop": "center"}}
