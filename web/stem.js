@@ -26,15 +26,18 @@ app.registerExtension({
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData.name.startsWith("STEM")) return;
+    // the pinned frontend copies LGraphNode's methods into a node class only when it registers it (after this
+    // hook), so configure may not exist yet: fall back to LGraphNode's at call time
     const configure = nodeType.prototype.configure;
     nodeType.prototype.configure = function (info) {
+      const original = configure ?? (globalThis.LGraphNode ?? globalThis.LiteGraph?.LGraphNode).prototype.configure;
       const values = info?.widgets_values;
       const migrated = migrateWidgetValues(nodeData.name, values);
       if (migrated !== values) {
         info.widgets_values = migrated;
         console.info(`[STEM] ${nodeData.name} #${info.id}: widget values of an older version moved into place`);
       }
-      return configure.apply(this, arguments);
+      return original.apply(this, arguments);
     };
   },
 });

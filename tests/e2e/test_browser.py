@@ -1,4 +1,4 @@
-"""The real frontend in a real browser: every UI-format workflow in workflows/ is loaded into the editor
+"""The real frontend in a real browser: every UI-format workflow in example_workflows/ is loaded into the editor
 served by the running ComfyUI (headless Chromium, driven over the DevTools protocol with websocket-client),
 checked for missing nodes and widgets, converted to an API prompt by the editor itself
 (`app.graphToPrompt()`), compared with its API twin and queued (shrunk) on the server.
@@ -28,7 +28,7 @@ import comfy_client as cc  # noqa: E402
 import comfy_host  # noqa: E402
 from workflow_format import input_specs  # noqa: E402
 
-WORKFLOWS = sorted(p for p in (REPO / "workflows").glob("*.json"))
+WORKFLOWS = sorted(p for p in (REPO / "example_workflows").glob("*.json"))  # = workflows/*.json (synced)
 SCREENSHOTS = REPO / "test_artifacts" / "screenshots"
 README_IMAGE = REPO / "docs" / "images" / "reconstruction_workflow.png"
 README_SOURCE = "stem_reconstruction"
@@ -220,7 +220,7 @@ def _object_info(server):
 
 
 def test_workflows_exist():
-    assert WORKFLOWS, "no UI-format workflows in workflows/*.json"
+    assert WORKFLOWS, "no UI-format workflows in example_workflows/*.json"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
@@ -288,3 +288,29 @@ def test_workflow_in_browser(page, server, server_input, run, path):
     assert result["prompt_id"] and not result["node_errors"]
     print(f"{name}: {len(res['nodes'])} nodes, {res['links']} links, screenshot {len(shot)} bytes, "
           f"ran in {result['elapsed_s']:.1f} s")
+
+
+SETTINGS_JS = r"""
+(async (old) => {
+  const fresh = LiteGraph.createNode("STEMTokenFlowEdit");
+  const control = (n) => (n.widgets || []).find(w => w.name === "control_after_generate")?.value;
+  const loaded = LiteGraph.createNode("STEMTokenFlowEdit");
+  loaded.configure({id: 4242, type: "STEMTokenFlowEdit", widgets_values: old, inputs: loaded.inputs,
+                    outputs: loaded.outputs, properties: {}, flags: {}, mode: 0, order: 0,
+                    pos: [0, 0], size: loaded.size});
+  const values = Object.fromEntries((loaded.widgets || []).map(w => [w.name, w.value]));
+  const core = LiteGraph.createNode("KSampler");
+  return {fresh: control(fresh), core: control(core), values};
+})
+"""
+
+
+def test_seeds_start_fixed_and_old_values_migrate(page):
+    """web/stem.js in the real editor: a new STEM node's seed control is "fixed" (core nodes keep their stock
+    default), and widget values saved by the previous version (with a steps widget) land in the right widgets."""
+    old = [50, 6.5, 0.75, 0.45, 6, 123, "fixed", "released"]
+    res = page.js(f"{SETTINGS_JS}({json.dumps(old)})")
+    assert res["fresh"] == "fixed"
+    assert res["core"] != "fixed"  # the extension touches STEM nodes only
+    assert {k: res["values"][k] for k in ("cfg", "pnp_f_t", "pnp_attn_t", "chunk_size", "seed", "blend")} == \
+        {"cfg": 6.5, "pnp_f_t": 0.75, "pnp_attn_t": 0.45, "chunk_size": 6, "seed": 123, "blend": "released"}
