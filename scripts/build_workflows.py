@@ -52,10 +52,12 @@ def note(text, node_id=100):
     return n(node_id, "Note", "Read me", "Load", text=text)
 
 
-CLIP_NOTE = ("The clip: stem_demo.mp4 (16 frames, 128x128, 12 fps, with a soundtrack) in ComfyUI's input folder. "
-             "`make demo` in the pack's folder writes it there (or: python scripts/demo_clip.py "
-             "<ComfyUI>/input/stem_demo.mp4). Pick your own video in the loader instead: STEM reads ALL its "
-             "frames at once, so keep frame_load_cap and the size modest.\n\n"
+CLIP_NOTE = ("The clip: stem_demo.mp4, the pack's synthetic demo clip (16 frames, 128x128, 12 fps, silent; "
+             "not real footage). Put it in ComfyUI's input folder from the pack's folder with "
+             "`.venv/bin/python scripts/demo_clip.py <ComfyUI>/input/stem_demo.mp4 --size 128`; `make demo` makes "
+             "the same clip and runs this workflow headlessly (uploading the clip under input/stem_uploads/). Pick "
+             "your own video in the loader instead (with sound, the video nodes that take audio keep it): STEM "
+             "reads ALL its frames at once, so keep the frame count and the size modest.\n\n"
              "Load Checkpoint: an SD1.5 checkpoint (v1-5-pruned-emaonly.safetensors or a fine-tune).")
 
 
@@ -144,7 +146,8 @@ def tokenflow_side_by_side_graph():
     into one video, with metrics for both."""
     text = ("Side by side: the same TokenFlow edit after per-frame DDIM inversion (what TokenFlow does) and after "
             "STEM inversion (whole-video bases), stitched as source | per-frame | STEM into one mp4 with the "
-            "clip's sound. Compare the warp error of the two reports: lower is more temporally consistent.\n\n"
+            "clip's sound (if it has any). Compare the warp error of the two reports: lower is more temporally "
+            "consistent.\n\n"
             + CLIP_NOTE)
     return [note(text)] + loader_and_model() + [stem_patch(5)] + [
         n(20, "STEMInvert", "Per-frame DDIM inversion", "Invert", model=[2, 0], latent=[3, 0],
