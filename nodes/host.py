@@ -8,6 +8,7 @@
 - ComfyUI's data types (LATENT, CONDITIONING, CLIP tokens), folders (input, output, temp);
 - the pinned 2024-03 host versus current ones (DESIGN.md section 2 of the project notes).
 """
+import json
 import logging
 import math
 import os
@@ -417,12 +418,36 @@ def temp_subfolder(name: str) -> str:
     return os.path.join(folder_paths.get_temp_directory(), name)
 
 
-def output_path(prefix: str, width: int = 0, height: int = 0):
-    """(folder, base name without extension, subfolder) for a new output file under ComfyUI's output folder."""
-    out_dir = folder_paths.get_output_directory()
-    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, out_dir, width, height)
+def _new_file(root: str, prefix: str, width: int, height: int):
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, root, width, height)
     os.makedirs(folder, exist_ok=True)
     return folder, f"{name}_{counter:05}", subfolder
+
+
+def output_path(prefix: str, width: int = 0, height: int = 0):
+    """(folder, base name without extension, subfolder) for a new output file under ComfyUI's output folder."""
+    return _new_file(folder_paths.get_output_directory(), prefix, width, height)
+
+
+def temp_path(prefix: str):
+    """(folder, base name without extension, subfolder) for a preview file in ComfyUI's temp folder (served as
+    type "temp", emptied at every start)."""
+    return _new_file(folder_paths.get_temp_directory(), prefix, 0, 0)
+
+
+def workflow_metadata(prompt, extra_pnginfo) -> dict:
+    """The prompt and the workflow a node receives through its hidden PROMPT / EXTRA_PNGINFO inputs, as JSON text
+    by key ({"prompt": ..., "workflow": ...}), the way core save nodes embed them; empty when ComfyUI runs with
+    --disable-metadata."""
+    from comfy.cli_args import args
+    if getattr(args, "disable_metadata", False):
+        return {}
+    out = {}
+    if prompt is not None:
+        out["prompt"] = json.dumps(prompt)
+    for key, value in (extra_pnginfo or {}).items():
+        out[str(key)] = json.dumps(value)
+    return out
 
 
 def same_length(embeddings):
