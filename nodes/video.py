@@ -6,8 +6,8 @@ import os
 import torch
 
 from ..stem_core.errors import STEMError, VideoLoadError
-from ..stem_core.video_io import (DEFAULT_FOLDER_FPS, MAX_SIDE, SIZE_MODES, VIDEO_FORMATS, content_hash, list_inputs,
-                                  load_video, resolve_in_input_dir, write_video)
+from ..stem_core.video_io import (DEFAULT_FOLDER_FPS, MAX_SIDE, SIZE_MODES, VIDEO_FORMATS, change_signature,
+                                  list_inputs, load_video, resolve_in_input_dir, write_video)
 from . import host
 
 
@@ -89,9 +89,10 @@ class STEMVideoLoad:
 
     @classmethod
     def IS_CHANGED(cls, video, **kwargs):
-        # Changing the file on disk re-runs the node; re-queueing identical content is served from cache.
+        # Like core LoadImage / VideoHelperSuite: a new modification time or size re-runs the node; re-queueing
+        # an untouched file is served from cache without reading it (hashing a long clip took seconds per queue).
         try:
-            return content_hash(_resolve(video))
+            return change_signature(_resolve(video))
         except (VideoLoadError, OSError) as exc:
             return f"unavailable: {exc}"
 

@@ -60,7 +60,7 @@ except Exception:  # pragma: no cover - exercised only without PyAV
 
 __all__ = [
     "VideoLoadError", "VideoClip", "load_video", "load_audio", "target_size", "resolve_in_input_dir",
-    "list_inputs", "content_hash", "write_video", "VIDEO_FORMATS", "VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "DEFAULT_FOLDER_FPS",
+    "list_inputs", "change_signature", "write_video", "VIDEO_FORMATS", "VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "DEFAULT_FOLDER_FPS",
     "DEFAULT_MAX_FRAMES", "MAX_SIDE", "SIZE_MODES",
 ]
 
@@ -687,26 +687,21 @@ def list_inputs(input_dir: Union[str, os.PathLike]) -> List[str]:
     return sorted(names)
 
 
-def content_hash(path: Union[str, os.PathLike]) -> str:
-    """sha256 hex of a file's bytes, or of a frame folder's image names and bytes (natural order)."""
+def change_signature(path: Union[str, os.PathLike]) -> str:
+    """What tells a changed input apart without reading it, as core LoadImage's and VideoHelperSuite's IS_CHANGED
+    do: a file's modification time (ns) and size; for a frame folder the name, modification time and size of every
+    image. Replacing or editing a file changes it; re-queueing leaves it equal. Costs one stat() per file."""
     path = Path(path)
-    h = hashlib.sha256()
-
-    def feed(p: Path):
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-
     if path.is_dir():
+        h = hashlib.sha256()
         for p in _folder_images(path):
-            h.update(p.name.encode("utf-8", "surrogateescape") + b"\0")
-            h.update(str(p.stat().st_size).encode() + b"\0")
-            feed(p)
-    elif path.is_file():
-        feed(path)
-    else:
-        raise VideoLoadError(f"video '{path}' not found; cannot hash it")
-    return h.hexdigest()
+            st = p.stat()
+            h.update(f"{p.name}\0{st.st_mtime_ns}\0{st.st_size}\0".encode("utf-8", "surrogateescape"))
+        return "folder:" + h.hexdigest()
+    if path.is_file():
+        st = path.stat()
+        return f"file:{st.st_mtime_ns}:{st.st_size}"
+    raise VideoLoadError(f"video '{path.name}' not found; cannot check whether it changed")
 
 
 # ----------------------------------------------------------------------------- writing
