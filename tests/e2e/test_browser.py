@@ -367,3 +367,55 @@ def test_save_video_preview_plays(page, server, server_input, tmp_path):
     print(f"preview {img['w']}x{img['h']} animated webp ({anim.n_frames} frames, {len(shots)} distinct pictures in 6 "
           f"screenshots) on the node; mp4 h264+aac, "
           f"{frames} frames, audio {audio_s:.3f} s")
+
+
+METRICS_JS = r"""
+(async (video) => {
+  app.graph.clear();
+  const load = LiteGraph.createNode('STEMVideoLoad'), metrics = LiteGraph.createNode('STEMVideoMetrics');
+  load.pos = [50, 100]; metrics.pos = [450, 100];
+  app.graph.add(load); app.graph.add(metrics);
+  const set = (n, name, v) => { n.widgets.find(w => w.name === name).value = v; };
+  set(load, 'video', video); set(load, 'custom_width', 64); set(load, 'frame_load_cap', 6);
+  set(metrics, 'label', 'browser probe'); set(metrics, 'filename_prefix', 'STEM_browser/metrics');
+  load.connect(0, metrics, 'source'); load.connect(0, metrics, 'result');
+  await app.queuePrompt(0, 1);
+  return metrics.id;
+})
+"""
+
+METRICS_STATE_JS = r"""
+((id) => {
+  app.canvas.draw(true, true);
+  const node = app.graph.getNodeById(id);
+  const report = node.widgets?.find(w => w.name === 'stem_report');
+  const el = report?.inputEl ?? report?.element;
+  const r = el?.getBoundingClientRect();
+  const p = (async () => (await app.graphToPrompt()).output[id].inputs)();
+  return p.then(inputs => ({
+    text: el?.value ?? null, readOnly: el?.readOnly ?? null, visible: !!r && r.width > 0 && r.height > 0,
+    imgs: (node.imgs || []).map(i => ({src: i.src, w: i.naturalWidth})), promptInputs: Object.keys(inputs)}));
+})
+"""
+
+
+def test_metrics_report_text_and_curve_on_node(page, server_input):
+    """STEM Video Metrics in the pinned editor: the report shows as read-only text on the node (web/stem_text.js),
+    is not sent back with the prompt, and the per-frame curve is drawn as the node's image."""
+    page.events.clear()
+    node_id = page.js(f"{METRICS_JS}({json.dumps(server_input('wolf.mp4'))})", timeout=60)
+    page.js(FIT_JS)
+    deadline, state = time.monotonic() + 120, None
+    while time.monotonic() < deadline:
+        state = page.js(f"{METRICS_STATE_JS}({node_id})")
+        if state["text"] and any(i["w"] > 0 for i in state["imgs"]):
+            break
+        time.sleep(0.5)
+    assert state["text"], f"no report text on the node: {state}; page errors {page.errors()}"
+    assert "browser probe" in state["text"] and "psnr" in state["text"].lower()
+    assert state["readOnly"] is True and state["visible"]
+    assert "stem_report" not in state["promptInputs"], state["promptInputs"]
+    assert any(i["w"] == 800 for i in state["imgs"]), f"the curve is not drawn on the node: {state['imgs']}"
+    _screenshot(page, "metrics_report")
+    assert not [e for e in page.errors() if "favicon" not in str(e)], page.errors()
+    print(f"metrics report on the node: {len(state['text'].splitlines())} lines; curve {state['imgs'][0]['w']} px wide")
