@@ -280,16 +280,23 @@ def check_same_schedule(model, trajectory):
                         "family for inversion and reconstruction/editing", input_name="model")
 
 
-def sampler_runner(model, positive, negative, cfg: float, seed: int = 0):
+def sampler_runner(model, positive, negative, cfg: float, seed: int = 0, progress=None):
     """run(loop, sigmas, latent) for stem_core's drivers: runs ``loop(denoise, x, sigmas)`` through
     ``comfy.sample.sample_custom`` (conditioning, cfg, model loading, patches are ComfyUI's own). ``latent``
     is unscaled [B, 4, h, w]; the noise is zero, so the loop starts from the latent itself. Returns the
-    unscaled result."""
+    unscaled result. Each denoised prediction [frames, 4, h, w] goes to ``progress.show`` (a Progress made with
+    the model) for the latent preview."""
     def run(loop, sigmas, latent):
         def sampler_function(model_k, x, sigmas_in, extra_args=None, callback=None, disable=None):
             extra_args = extra_args or {}
             s_in = x.new_ones([x.shape[0]])
-            return loop(lambda xx, s: model_k(xx, s * s_in, **extra_args), x, sigmas_in)
+
+            def denoise(xx, s):
+                denoised = model_k(xx, s * s_in, **extra_args)
+                if progress is not None:
+                    progress.show(denoised)
+                return denoised
+            return loop(denoise, x, sigmas_in)
 
         sampler = comfy.samplers.KSAMPLER(sampler_function)
         return comfy.sample.sample_custom(model, torch.zeros_like(latent), cfg, sampler, sigmas, positive, negative,
@@ -306,15 +313,20 @@ def load_for_direct_calls(model, batch_shape):
     return model.load_device
 
 
-def unet_call(model, transformer_options):
+def unet_call(model, transformer_options, progress=None):
     """apply(batch [B, 4, h, w], sigma float, text [B, tokens, C], cond_or_uncond list) -> denoised float32:
-    a direct UNet call with the clone's patches (TokenFlow batches source and edit branches itself)."""
+    a direct UNet call with the clone's patches (TokenFlow batches source and edit branches itself). The first
+    row of the last branch (an edited frame, TokenFlow's batch order) goes to ``progress.show`` for the preview."""
     device = model.load_device
 
     def apply(batch, sigma, text, cond_or_uncond):
         sig = torch.full((batch.shape[0],), float(sigma), device=device, dtype=torch.float32)
         topts = dict(transformer_options, cond_or_uncond=cond_or_uncond, sigmas=sig)
-        return model.model.apply_model(batch, sig, c_crossattn=text, transformer_options=topts).float()
+        denoised = model.model.apply_model(batch, sig, c_crossattn=text, transformer_options=topts).float()
+        if progress is not None:
+            first_edited = (len(cond_or_uncond) - 1) * (batch.shape[0] // max(1, len(cond_or_uncond)))
+            progress.show(denoised[first_edited:first_edited + 1])
+        return denoised
     return apply
 
 
@@ -332,14 +344,43 @@ def check_interrupt():
 
 
 class Progress:
-    """on_step(i, total) for stem_core loops: honours Cancel, then advances ComfyUI's progress bar."""
+    """on_step(i, total) for stem_core loops: honours Cancel, then advances ComfyUI's progress bar by one step
+    (the browser's bar on the running node). Made with ``model``, every step also goes through ComfyUI's own
+    ``latent_preview.prepare_callback`` with the first denoised prediction handed to ``show`` since the last step
+    (sampler space [B, 4, h, w]; item 0 is previewed), so the node shows latent previews as core samplers do
+    (TAESD or latent2rgb, as --preview-method chooses; nothing extra when previews are off)."""
 
-    def __init__(self, total: int):
-        self.bar = comfy.utils.ProgressBar(max(1, int(total)))
+    def __init__(self, total: int, model=None):
+        self.total = max(1, int(total))
+        self.done = 0
+        self.bar = comfy.utils.ProgressBar(self.total)
+        self.preview = None
+        self.latest = None
+        if model is not None:
+            try:
+                import latent_preview
+                self.preview = latent_preview.prepare_callback(model, self.total)
+            except Exception as exc:  # a preview must never break a run
+                logging.warning("[STEM] latent previews unavailable: %s", exc)
+
+    def show(self, denoised):
+        if self.preview is not None and self.latest is None:
+            self.latest = denoised[:1].detach()
 
     def __call__(self, i=None, total=None):
         check_interrupt()
-        self.bar.update(1)
+        self.done = min(self.total, self.done + 1)
+        latest, self.latest = self.latest, None
+        if latest is not None:
+            try:
+                self.preview(self.done - 1, latest, None, self.total)  # sends progress + preview image
+                return
+            except Exception as exc:
+                if isinstance(exc, comfy.model_management.InterruptProcessingException):
+                    raise
+                logging.warning("[STEM] latent preview failed, previews off for this node: %s", exc)
+                self.preview = None
+        self.bar.update_absolute(self.done, self.total)
 
 
 def run_guarded(what: str, fn, settings_hint: str = ""):
