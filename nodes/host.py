@@ -63,15 +63,75 @@ def _config_name(model) -> str:
 
 
 def require_sd15(model, node_title: str, input_name: str = "model"):
-    """Refuse a MODEL that is not Stable Diffusion 1.x, naming what was detected and what works."""
+    """Refuse a MODEL that is not Stable Diffusion 1.x, naming what was detected and what works, or one that
+    would hand the UNet part of the video at a time (context windows, see refuse_context_windows)."""
     unet = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", {}) or {}
     if _config_name(model) == "SD15" and unet.get("in_channels", 4) == 4:
+        refuse_context_windows(model, node_title, input_name)
         return
     raise STEMError(
         f"{node_title} got a {model_family(model)} model; it works with Stable Diffusion 1.x checkpoints (SD1.5 "
         f"and its fine-tunes: 4-channel latents, 768-wide text encoder, 16 self-attention layers)",
         input_name=input_name, fix="load an SD1.5 checkpoint such as v1-5-pruned-emaonly.safetensors with Load "
                                    "Checkpoint")
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole video: context windows and VideoHelperSuite meta batches hand nodes part of it
+
+WHOLE_VIDEO_FIX = ("to bound memory instead, load fewer frames (frame_load_cap, select_every_nth) or a smaller size "
+                   "(custom_width / custom_height) on STEM Load Video, and set chunk_tokens on STEM Video Attention "
+                   "and chunk_size on STEM TokenFlow Edit")
+
+
+def refuse_context_windows(model, node_title: str, input_name: str = "model"):
+    """Current ComfyUI's Context Windows nodes put a ``context_handler`` in the model options: the sampler then
+    calls the UNet on windows of context_length frames, so STEM's EM would see one window, not the video."""
+    handler = (getattr(model, "model_options", None) or {}).get("context_handler")
+    if handler is None:
+        return
+    length = getattr(handler, "context_length", "?")
+    raise STEMError(
+        f"{node_title} got a MODEL with ComfyUI context windows ({type(handler).__name__}, {length} frames per "
+        f"window): the sampler would give the UNet {length}-frame windows, but STEM estimates its bases (and "
+        f"TokenFlow / FateZero their stores) from every frame of the video at once", input_name=input_name,
+        fix="remove the Context Windows node from this model's path; " + WHOLE_VIDEO_FIX)
+
+
+def _is_link(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[1], int)
+
+
+def _upstream(prompt: dict, node_id):
+    """(id, node) of every node of an API prompt that feeds ``node_id`` directly or indirectly."""
+    seen, todo = set(), [str(node_id)]
+    while todo:
+        nid = todo.pop()
+        for value in (prompt.get(nid) or {}).get("inputs", {}).values():
+            if _is_link(value) and str(value[0]) not in seen and str(value[0]) in prompt:
+                seen.add(str(value[0]))
+                todo.append(str(value[0]))
+                yield str(value[0]), prompt[str(value[0])]
+
+
+def refuse_meta_batch(prompt, node_id, node_title: str, input_name: str):
+    """Refuse a run that only sees part of the video: a node upstream of ``node_id`` with a ``meta_batch`` input
+    connected (VideoHelperSuite's loaders with a Meta Batch Manager) loads frames_per_batch frames per run and
+    re-queues the prompt for the rest. Reads the node's hidden PROMPT and UNIQUE_ID (without them nothing is
+    checked)."""
+    if not isinstance(prompt, dict) or node_id is None:
+        return
+    for nid, node in _upstream(prompt, node_id):
+        batch = (node.get("inputs") or {}).get("meta_batch")
+        if _is_link(batch):
+            manager = prompt.get(str(batch[0])) or {}
+            per_batch = (manager.get("inputs") or {}).get("frames_per_batch", "?")
+            raise STEMError(
+                f"{node_title} would see {per_batch} frames per run: node {nid} ({node.get('class_type')}) takes a "
+                f"meta batch from node {batch[0]} ({manager.get('class_type', '?')}), which splits the video into "
+                f"batches and re-queues the workflow for each, but STEM estimates its bases from every frame of the "
+                f"video at once", input_name=input_name,
+                fix=f"disconnect meta_batch from node {nid} (load the whole clip in one run); " + WHOLE_VIDEO_FIX)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -92,10 +92,11 @@ class STEMInvert:
             "source_conditioning": ("CONDITIONING", {"tooltip": "The source prompt describing the video."}),
             "steps": ("INT", {"default": 50, "min": 1, "max": host.MAX_STEPS, "tooltip":
                               "DDIM steps (paper: 50). Reconstruction and editing follow the inversion's steps."}),
-        }}
+        }, "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
 
-    def invert(self, model, latent, source_conditioning, steps):
+    def invert(self, model, latent, source_conditioning, steps, prompt=None, unique_id=None):
         host.require_sd15(model, self.TITLE)
+        host.refuse_meta_batch(prompt, unique_id, self.TITLE, "latent")
         samples = host.check_latent(latent)
         host.check_conditioning(source_conditioning, model, "source_conditioning")
         host.check_steps(steps)

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from comfyui_stem.stem_core.errors import STEMError
+from tests.doc_table import check_section
 
 PROMPT = {"3": {"class_type": "STEMSaveVideo", "inputs": {"fps": 8.0}}}
 EXTRA = {"workflow": {"nodes": [{"id": 3, "type": "STEMSaveVideo"}], "links": [], "version": 0.4}}
@@ -75,12 +76,31 @@ def test_large_frames_get_a_small_preview(comfy_host, node):
     assert Image.open(_file(comfy_host, out["ui"]["images"][0])).size == (512, 300)
 
 
-@pytest.mark.parametrize("kwargs,name", [({"crf": 60}, "crf"), ({"audio": "sound.wav"}, "audio"),
-                                         ({"audio": {"waveform": torch.zeros(1, 2, 10)}}, "audio"),
-                                         ({"fps": 0.0}, "fps")])
-def test_bad_inputs(node, kwargs, name):
-    args = dict(fps=8.0, filename_prefix="STEM/test_bad", format="mp4", crf=19)
-    args.update(kwargs)
-    with pytest.raises(STEMError) as e:
-        node("STEMSaveVideo").save(_frames(3), **args)
-    assert e.value.input_name == name and str(e.value).startswith(name + ":")
+BAD = [  # (label for the docs, node arguments, input named in the error)
+    ("crf 60", {"crf": 60}, "crf"),
+    ("crf -1", {"crf": -1}, "crf"),
+    ("audio: a file name instead of AUDIO", {"audio": "sound.wav"}, "audio"),
+    ("audio: a tensor instead of the AUDIO dict", {"audio": torch.zeros(1, 2, 100)}, "audio"),
+    ("audio without sample_rate", {"audio": {"waveform": torch.zeros(1, 2, 10)}}, "audio"),
+    ("audio waveform of shape [100]", {"audio": {"waveform": torch.zeros(100), "sample_rate": 44100}}, "audio"),
+    ("audio sample_rate 0", {"audio": {"waveform": torch.zeros(1, 1, 100), "sample_rate": 0}}, "audio"),
+    ("fps 0", {"fps": 0.0}, "fps"),
+    ("format avi", {"format": "avi"}, "format"),
+]
+
+
+def test_bad_inputs(comfy_host, node):
+    out = os.path.join(comfy_host["folder_paths"].get_output_directory(), "STEM")
+    written = lambda: {f for f in os.listdir(out) if f.startswith("test_bad")} if os.path.isdir(out) else set()  # noqa: E731
+    before = written()
+    rows = []
+    for label, kwargs, name in BAD:
+        args = dict(fps=8.0, filename_prefix="STEM/test_bad", format="mp4", crf=19)
+        args.update(kwargs)
+        with pytest.raises(STEMError) as e:
+            node("STEMSaveVideo").save(_frames(3), **args)
+        assert e.value.input_name == name and str(e.value).startswith(name + ":"), (label, str(e.value))
+        assert e.value.fix or "must be one of" in str(e.value), f"{label}: no fix in {e.value}"
+        rows.append((f"STEM Save Video: {label}", "error, nothing written", str(e.value)))
+    assert written() == before
+    check_section("save_video", rows, "tests/host/test_save_video.py")
