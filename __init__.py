@@ -4,7 +4,8 @@ Nodes register only when ComfyUI is importable, so tools and tests can import `s
 """
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
-WEB_DIRECTORY = None
+# web/: the metrics report as text on the node (the stock frontends draw no `ui.text` of custom nodes)
+WEB_DIRECTORY = "./web"
 
 try:
     import comfy.utils  # noqa: F401  (only present inside a ComfyUI host)
@@ -13,4 +14,4 @@ except ImportError:
 else:
     from .nodes.registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

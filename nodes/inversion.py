@@ -92,10 +92,11 @@ class STEMInvert:
             "source_conditioning": ("CONDITIONING", {"tooltip": "The source prompt describing the video."}),
             "steps": ("INT", {"default": 50, "min": 1, "max": host.MAX_STEPS, "tooltip":
                               "DDIM steps (paper: 50). Reconstruction and editing follow the inversion's steps."}),
-        }}
+        }, "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
 
-    def invert(self, model, latent, source_conditioning, steps):
+    def invert(self, model, latent, source_conditioning, steps, prompt=None, unique_id=None):
         host.require_sd15(model, self.TITLE)
+        host.refuse_meta_batch(prompt, unique_id, self.TITLE, "latent")
         samples = host.check_latent(latent)
         host.check_conditioning(source_conditioning, model, "source_conditioning")
         host.check_steps(steps)
@@ -108,11 +109,12 @@ class STEMInvert:
         settings = dict(vars(patch.settings), tau=patch.settings.effective_tau,
                         iterations=patch.settings.effective_iterations) if patch is not None else {"mode": "per_frame"}
         settings["layers"] = [f"{a}_{b}" for a, b in settings.get("layers", ())]
-        run = host.sampler_runner(m, source_conditioning, source_conditioning, 1.0)
+        progress = host.Progress(steps, model=m)
+        run = host.sampler_runner(m, source_conditioning, source_conditioning, 1.0, progress=progress)
         with torch.no_grad():
             out, traj = host.run_guarded("STEM inversion", lambda: invert_video(
                 run, samples, host.ddim_sigmas(m, int(steps)), host.latent_scale(m), patch, hooks,
-                host.Progress(steps), requested_steps=int(steps), settings=settings,
+                progress, requested_steps=int(steps), settings=settings,
                 source_conditioning=source_conditioning, store_dtype=host.model_dtype(m)))
         logging.info("[STEM] %s", traj.describe())
         return ({"samples": out}, traj, traj.describe())
@@ -152,10 +154,11 @@ class STEMReconstruct:
         host.check_same_schedule(m, trajectory)
         host.preflight_sampling(m, "STEM reconstruction", trajectory.frames, trajectory.latent_size,
                                 patch and patch.settings)
-        run = host.sampler_runner(m, cond, cond, 1.0)
+        progress = host.Progress(trajectory.steps, model=m)
+        run = host.sampler_runner(m, cond, cond, 1.0, progress=progress)
         with torch.no_grad():
             out = host.run_guarded("STEM reconstruction", lambda: reconstruct_video(
-                run, trajectory, patch, bases == REPLAY, host.Progress(trajectory.steps)))
+                run, trajectory, patch, bases == REPLAY, progress))
         return ({"samples": out},)
 
 
