@@ -1,5 +1,7 @@
 """The one place that knows ComfyUI's internals; every node file goes through it.
 
+- model families (SD1.5 for STEM, SVD img2vid for Videoshop) and their conditioning (SVD: CLIP vision
+  embedding, first-frame concat latent, added time ids);
 - model options: cloning a MODEL with attention patches, finding and stripping the pack's patches
   (copying the dicts it changes, never editing the input's), the video length the patches check;
 - sampling: running a stem_core loop inside ``comfy.sample.sample_custom`` (conditioning, cfg, model
@@ -74,6 +76,19 @@ def require_sd15(model, node_title: str, input_name: str = "model"):
         f"and its fine-tunes: 4-channel latents, 768-wide text encoder, 16 self-attention layers)",
         input_name=input_name, fix="load an SD1.5 checkpoint such as v1-5-pruned-emaonly.safetensors with Load "
                                    "Checkpoint")
+
+
+def require_svd(model, node_title: str, input_name: str = "model"):
+    """Refuse a MODEL that is not Stable Video Diffusion img2vid, naming what was detected and what works."""
+    base = getattr(model, "model", None)
+    if _config_name(model) == "SVD_img2vid" and getattr(getattr(base, "model_type", None), "name", "") == \
+            "V_PREDICTION_EDM":
+        return
+    raise STEMError(
+        f"{node_title} got a {model_family(model)} model; it works with Stable Video Diffusion img2vid checkpoints "
+        f"(svd.safetensors, 14 frames, or svd_xt.safetensors, 25 frames: v-prediction with EDM sigmas, conditioned "
+        f"on a first frame)", input_name=input_name,
+        fix="load svd.safetensors with Image Only Checkpoint Loader (img2vid model) and connect its MODEL")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -161,6 +176,65 @@ def check_conditioning(conditioning, model, name):
         if expected is not None and t.shape[-1] != expected:
             raise STEMError(f"the conditioning has {t.shape[-1]} channels but the model expects {expected}; "
                             f"encode the prompt with this model's CLIP", input_name=name)
+
+
+def check_svd_conditioning(conditioning, model, name):
+    """An SVD CONDITIONING: a CLIP vision embedding of the model's width and a first-frame concat latent."""
+    if not isinstance(conditioning, list) or not conditioning or not torch.is_tensor(conditioning[0][0]):
+        raise STEMError("expected a CONDITIONING", input_name=name,
+                        fix="connect STEM Videoshop Conditioning or SVD_img2vid_Conditioning")
+    check_conditioning(conditioning, model, name)
+    concat = conditioning[0][1].get("concat_latent_image")
+    if not torch.is_tensor(concat) or concat.ndim != 4 or not torch.isfinite(concat).all():
+        raise STEMError("has no first-frame latent (concat_latent_image): it is not an image-to-video conditioning",
+                        input_name=name, fix="connect STEM Videoshop Conditioning or SVD_img2vid_Conditioning "
+                                             "made from the first frame")
+
+
+def svd_concat(conditioning):
+    """The first-frame latent [1, 4, h, w] (unscaled) of an SVD CONDITIONING's first entry."""
+    return conditioning[0][1]["concat_latent_image"][:1]
+
+
+def with_concat(conditioning, concat):
+    """A copy of an SVD CONDITIONING whose entries carry ``concat`` [1, 4, h, w] as the first-frame latent."""
+    return [[c[0], dict(c[1], concat_latent_image=concat.detach().clone())] for c in conditioning]
+
+
+def svd_conditioning(image_embeds, concat, fps: int, motion_bucket_id: int, augmentation_level: float):
+    """(positive, negative) as SVD_img2vid_Conditioning builds them: image_embeds [1, D] (CLIP vision),
+    concat [1, 4, h, w] unscaled; the negative has zero embedding and zero latent, the same added time ids."""
+    ids = {"fps": int(fps), "motion_bucket_id": int(motion_bucket_id), "augmentation_level": float(augmentation_level)}
+    pooled = image_embeds.unsqueeze(0)
+    positive = [[pooled, dict(ids, concat_latent_image=concat)]]
+    negative = [[torch.zeros_like(pooled), dict(ids, concat_latent_image=torch.zeros_like(concat))]]
+    return positive, negative
+
+
+def clip_vision_embedding(clip_vision, image):
+    """CLIP vision image embedding [B, D] of IMAGE [B, H, W, 3]. The picture is squashed to 224x224 first
+    (bilinear, antialiased, as the Videoshop reference prepares it); ComfyUI's own preprocessing would
+    resize the short side and centre-crop, and it leaves a 224x224 input as it is."""
+    size = 224
+    pixels = image[..., :3].movedim(-1, 1).float()
+    if tuple(pixels.shape[-2:]) != (size, size):
+        pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True,
+                                                 align_corners=False)
+    return clip_vision.encode_image(pixels.clamp(0, 1).movedim(1, -1)).image_embeds
+
+
+def vae_encode_mode(vae, pixels):
+    """VAE encode of IMAGE-like pixels [B, H, W, 3] (0..1, values outside allowed) -> unscaled latent, using the
+    posterior's MODE: the SVD VAE in ComfyUI samples its posterior on every encode (the reference does not)."""
+    regularizer = getattr(getattr(vae, "first_stage_model", None), "regularization", None)
+    if regularizer is None or not hasattr(regularizer, "sample"):
+        return vae.encode(pixels)
+    before = regularizer.sample
+    regularizer.sample = False
+    try:
+        return vae.encode(pixels)
+    finally:
+        regularizer.sample = before
 
 
 def text_embedding(conditioning, name):
@@ -332,6 +406,28 @@ def latent_scale(model) -> float:
     return float(model.model.latent_format.scale_factor)
 
 
+def karras_sigmas(model, steps: int):
+    """ComfyUI's karras schedule of a MODEL: descending sigmas [steps + 1] ending in 0, on the CPU (for SVD
+    the reference's schedule: sigma 700 down to 0.002, rho 7)."""
+    if hasattr(comfy.samplers, "calculate_sigmas"):
+        try:
+            return comfy.samplers.calculate_sigmas(model_sampling(model), "karras", steps).cpu()
+        except TypeError:
+            pass
+    return comfy.samplers.calculate_sigmas_scheduler(model.model, "karras", steps).cpu()
+
+
+def without_cfg_function_at_cfg1(model, cfg: float):
+    """At cfg 1 ComfyUI skips the negative and hands a model's sampler_cfg_function (e.g. Video Linear CFG
+    Guidance) a zero prediction in its place; drop the function on a clone so that cfg 1 means no guidance.
+    Returns (model or clone, whether one was dropped)."""
+    if not math.isclose(float(cfg), 1.0) or "sampler_cfg_function" not in model.model_options:
+        return model, False
+    m = model.clone()
+    m.model_options = {k: v for k, v in m.model_options.items() if k != "sampler_cfg_function"}
+    return m, True
+
+
 def check_same_schedule(model, trajectory):
     sigmas = ddim_sigmas(model, trajectory.user_steps)
     if sigmas.shape != trajectory.sampling_sigmas.shape or not torch.allclose(
@@ -388,6 +484,11 @@ def unet_call(model, transformer_options, progress=None):
             progress.show(denoised[first_edited:first_edited + 1])
         return denoised
     return apply
+
+
+def to_intermediate(x):
+    """A tensor on ComfyUI's intermediate device (where LATENT outputs live)."""
+    return x.to(comfy.model_management.intermediate_device())
 
 
 def to_output_latent(model, x_scaled):

@@ -102,6 +102,17 @@ def strength_sigmas(sigmas: torch.Tensor, strength: float):
     return edit, edit.flip(0)
 
 
+def resize_frames(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """IMAGE [B, H, W, C] -> [B, height, width, C], squashed (aspect ratio not kept), bilinear with antialias,
+    as the reference resizes the video and the edited frame (data_module.PreprocessedDataset)."""
+    if tuple(images.shape[1:3]) == (int(height), int(width)):
+        return images
+    x = images.movedim(-1, 1).float()
+    x = torch.nn.functional.interpolate(x, size=(int(height), int(width)), mode="bilinear", antialias=True,
+                                        align_corners=False)
+    return x.movedim(1, -1).contiguous()
+
+
 # ----------------------------------------------------------------------------------------------------
 # latent normalisation (run.py:87-102) and the final rescale (run.py:155-164)
 
@@ -454,3 +465,48 @@ def edit_video(run_for: RunFor, trajectory: VideoshopTrajectory, edited_concat: 
             out[w.start + j] = (1 - k) * out[w.start + j] + k * y[j]
         out[w.start + w.overlap:w.stop] = y[w.overlap:]
     return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# seams of long clips
+
+
+def seam_warp_report(edited, source, windows: Sequence[Window], flow_method: str = "dis") -> dict:
+    """Warp error (stem_core.metrics.warp_error_per_frame: the edited frames warped along the SOURCE's
+    optical flow) at the windows' seams against inside the windows.
+
+    edited, source: IMAGE [frames, H, W, 3] in 0..1. The pairs (t - 1, t) listed by :func:`seam_pairs`
+    are boundary pairs, the others inside pairs. Returns {"boundary": mean, "inside": mean, "ratio":
+    boundary / inside, "boundary_pairs": [t...], "per_pair": [frames - 1], "flow": flow name}; means are
+    None when there is no such pair (one window)."""
+    from .metrics import warp_error_per_frame
+
+    frames = int(edited.shape[0])
+    if windows and windows[-1].stop != frames:
+        raise STEMError(f"has {frames} frames but the trajectory covers {windows[-1].stop}", input_name="images",
+                        fix="decode the output of the Videoshop Edit that used this trajectory")
+    errors, flow = warp_error_per_frame(edited, source, method=flow_method)
+    seams = [t for t in seam_pairs(windows, frames)]
+    boundary = [float(errors[t - 1]) for t in seams]
+    inside = [float(errors[t - 1]) for t in range(1, frames) if t not in seams]
+
+    def mean(values):
+        return sum(values) / len(values) if values else None
+
+    b, i = mean(boundary), mean(inside)
+    return {"boundary": b, "inside": i, "ratio": (b / i) if b is not None and i else None,
+            "boundary_pairs": seams, "per_pair": [float(e) for e in errors], "flow": flow}
+
+
+def format_seam_report(report: dict) -> str:
+    """One paragraph for the node's STRING output; the goal is a boundary error within 10% of the inside."""
+    if report["boundary"] is None:
+        return "one window: no seams (warp error inside: " + (
+            f"{report['inside'] * 1e3:.3f} x1e-3)" if report["inside"] is not None else "n/a)")
+    text = (f"warp error ({report['flow']}) x1e-3: at window seams {report['boundary'] * 1e3:.3f} (pairs ending at "
+            f"frames {', '.join(map(str, report['boundary_pairs']))}), inside windows "
+            + (f"{report['inside'] * 1e3:.3f}" if report["inside"] is not None else "n/a"))
+    if report["ratio"] is not None:
+        verdict = "no visible seam (within 10%)" if report["ratio"] <= 1.10 else "seams stand out (> 10% above inside)"
+        text += f"; ratio {report['ratio']:.2f}: {verdict}"
+    return text

@@ -243,3 +243,22 @@ def test_later_windows_are_conditioned_on_the_edited_frame_they_start_on():
         # the conditioning frame is the output frame the window starts on, as it was when that window began
         # (the blend only changes later frames of the overlap)
         assert torch.allclose(c[0], out[w.start]), k
+
+
+def test_seam_report_splits_warp_error_at_the_seams_from_inside():
+    """A clip whose frames are identical except for a jump into frame 6 (a seam of windows of 6 with overlap 1):
+    all the warp error sits at the seam pairs, none inside; one window has no seams."""
+    from comfyui_stem.stem_core.videoshop import format_seam_report, seam_warp_report
+    g = torch.Generator().manual_seed(0)
+    still = torch.rand(1, 32, 32, 3, generator=g).repeat(10, 1, 1, 1)
+    edited = still.clone()
+    edited[6:] = (edited[6:] + 0.2).clamp(0, 1)
+    windows = plan_windows(10, 6, 1)
+    assert [(w.start, w.stop) for w in windows] == [(0, 6), (5, 10)]
+    report = seam_warp_report(edited, still, windows)
+    assert report["boundary_pairs"] == [5, 6] and len(report["per_pair"]) == 9
+    assert report["inside"] == 0.0 and report["boundary"] > 1e-3
+    assert "seams stand out" in format_seam_report(dict(report, ratio=2.0))
+    assert seam_warp_report(still, still, plan_windows(10, 14, 1))["boundary"] is None
+    with pytest.raises(STEMError, match="images"):
+        seam_warp_report(still[:8], still[:8], windows)
