@@ -72,7 +72,7 @@ def edit_step_count(steps: int, strength: float) -> int:
         raise STEMError(
             f"{strength:g} edits nothing: the video would not be inverted at all, so the edited first frame "
             f"could not change it", input_name="strength",
-            fix=f"use a value between {1 / steps:.2f} and 0.95; the reference uses {DEFAULT_STRENGTH}")
+            fix=f"use a value between {math.ceil(100 / steps) / 100:.2f} and 0.95; the reference uses {DEFAULT_STRENGTH}")
     if strength >= 1.0:
         raise STEMError(
             f"{strength:g} inverts all the way to pure noise (the largest sigma): nothing of the source's "

@@ -185,26 +185,64 @@ def test_long_clip_windows_are_blended_and_the_seams_are_reported(comfy_host, no
 
 
 # ------------------------------------------------------------------------------------------------
-# bad inputs
+# Match Latent Statistics, Cancel
+
+
+def test_match_latent_statistics_node_locks_one_frames_colours_and_keeps_the_rest(node, source):
+    latent = source["latent"]
+    reference = {"samples": latent["samples"][3:4] * 1.5 + 0.2}
+    (out,) = node("STEMMatchLatentStatistics").match(latent, reference, 0, 0)
+    x, r = out["samples"][0].flatten(1), reference["samples"][0].flatten(1)
+    assert torch.allclose(x.mean(1), r.mean(1), atol=1e-4) and torch.allclose(x.std(1), r.std(1), atol=1e-4)
+    # one affine map per channel for every frame: frame differences are only scaled
+    d_in, d_out = latent["samples"][2] - latent["samples"][1], out["samples"][2] - out["samples"][1]
+    gain = r.std(1) / latent["samples"][0].flatten(1).std(1)
+    assert torch.allclose(d_out, d_in * gain.view(-1, 1, 1), atol=1e-4)
+    with pytest.raises(STEMError, match="source_frame: is 9 but the latent has 6 frames"):
+        node("STEMMatchLatentStatistics").match(latent, reference, 9, 0)
+
+
+def test_cancel_stops_the_inversion(node, svd, source):
+    import comfy.model_management as mm
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            invert(node, svd, source, steps=4)
+    finally:
+        mm.interrupt_current_processing(False)
+
+
+# ------------------------------------------------------------------------------------------------
+# bad inputs (docs/bad_inputs.md, section videoshop)
+
+ROWS = {}
+
+
+def refused(key, what, fn):
+    with pytest.raises(STEMError) as err:
+        fn()
+    ROWS[key] = (what, "refused before any model call", str(err.value))
+    return str(err.value)
 
 
 def test_bad_inputs_are_refused_with_the_input_and_the_fix(comfy_host, node, svd, source, tiny, trajectory8):
     sd15 = tiny[0]
-    with pytest.raises(STEMError) as err:
-        node("STEMVideoshopInvert").invert(sd15, source["positive"], source["negative"], source["latent"], 8, 0.55,
-                                           True, "per frame", 42, 14, False, 2)
-    assert str(err.value).startswith("model:") and "Stable Diffusion 1.x" in str(err.value)
-    assert "Image Only Checkpoint Loader" in str(err.value)
+    text = refused("sd15", "An SD1.5 MODEL into STEM Videoshop Invert", lambda: node("STEMVideoshopInvert").invert(
+        sd15, source["positive"], source["negative"], source["latent"], 8, 0.55, True, "per frame", 42, 14, False, 2))
+    assert text.startswith("model:") and "Stable Diffusion 1.x" in text and "Image Only Checkpoint Loader" in text
 
     for strength, words in ((0.0, "edits nothing"), (1.0, "pure noise")):
-        with pytest.raises(STEMError) as err:
-            invert(node, svd, source, strength=strength)
-        assert str(err.value).startswith("strength:") and words in str(err.value) and "0.55" in str(err.value)
+        text = refused(f"strength{strength:g}", f"strength {strength:g}",
+                       lambda: invert(node, svd, source, strength=strength))
+        assert text.startswith("strength:") and words in text and "0.55" in text
 
-    with pytest.raises(STEMError) as err:
-        invert(node, svd, source, window_frames=4)
-    text = str(err.value)
+    text = refused("window", "6 frames, window_frames 4, long_clip off",
+                   lambda: invert(node, svd, source, window_frames=4))
     assert text.startswith("latent:") and "6 frames" in text and "window of 4" in text and "long_clip" in text
+
+    text = refused("trajectory", "Something else as the trajectory of STEM Videoshop Edit",
+                   lambda: edit(node, svd, {"not": "a trajectory"}, source["positive"], source["negative"]))
+    assert text.startswith("trajectory:")
 
     # an edited frame of another size: resized, with a warning in the info output
     big = torch.nn.functional.interpolate(source["frames"][:1].movedim(-1, 1), size=(96, 80)).movedim(1, -1)
@@ -212,7 +250,13 @@ def test_bad_inputs_are_refused_with_the_input_and_the_fix(comfy_host, node, svd
     _, traj, _ = trajectory8
     out, info = edit(node, svd, traj, pos, neg)
     assert out.shape[0] == FRAMES and "warning" in info and "resized" in info and "64x64" in info, info
+    ROWS["size"] = ("Edited frame conditioned at 80x80 for a 64x64 video", "resized; the edit runs",
+                    next(line for line in info.splitlines() if line.startswith("warning")))
 
-    with pytest.raises(STEMError) as err:
-        edit(node, svd, {"not": "a trajectory"}, source["positive"], source["negative"])
-    assert str(err.value).startswith("trajectory:")
+
+def test_zz_docs_table_matches():
+    from tests.doc_table import check_section
+    order = ["sd15", "strength0", "strength1", "window", "trajectory", "size"]
+    if set(order) - set(ROWS):
+        pytest.skip("not every bad input ran in this session (selection); the table is checked on full runs")
+    check_section("videoshop", [ROWS[k] for k in order], "tests/host/test_videoshop_nodes.py")
