@@ -392,14 +392,20 @@ def model_sampling(model):
     return model.model.model_sampling
 
 
-def ddim_sigmas(model, steps: int):
-    """ComfyUI's ddim_uniform schedule: descending sigmas [steps + 1] ending in 0, on the CPU."""
+def scheduler_sigmas(model, scheduler: str, steps: int):
+    """ComfyUI's named schedule of a MODEL (e.g. ddim_uniform, karras): descending sigmas [steps + 1] ending in 0,
+    on the CPU; calculate_sigmas in current hosts, calculate_sigmas_scheduler in the pinned one."""
     if hasattr(comfy.samplers, "calculate_sigmas"):
         try:
-            return comfy.samplers.calculate_sigmas(model_sampling(model), "ddim_uniform", steps).cpu()
+            return comfy.samplers.calculate_sigmas(model_sampling(model), scheduler, steps).cpu()
         except TypeError:
             pass
-    return comfy.samplers.calculate_sigmas_scheduler(model.model, "ddim_uniform", steps).cpu()
+    return comfy.samplers.calculate_sigmas_scheduler(model.model, scheduler, steps).cpu()
+
+
+def ddim_sigmas(model, steps: int):
+    """ComfyUI's ddim_uniform schedule: descending sigmas [steps + 1] ending in 0, on the CPU."""
+    return scheduler_sigmas(model, "ddim_uniform", steps)
 
 
 def latent_scale(model) -> float:
@@ -409,12 +415,7 @@ def latent_scale(model) -> float:
 def karras_sigmas(model, steps: int):
     """ComfyUI's karras schedule of a MODEL: descending sigmas [steps + 1] ending in 0, on the CPU (for SVD
     the reference's schedule: sigma 700 down to 0.002, rho 7)."""
-    if hasattr(comfy.samplers, "calculate_sigmas"):
-        try:
-            return comfy.samplers.calculate_sigmas(model_sampling(model), "karras", steps).cpu()
-        except TypeError:
-            pass
-    return comfy.samplers.calculate_sigmas_scheduler(model.model, "karras", steps).cpu()
+    return scheduler_sigmas(model, "karras", steps)
 
 
 def without_cfg_function_at_cfg1(model, cfg: float):

@@ -24,6 +24,8 @@ from . import host
 CLIP_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_clip_config.json")
 CLIP_VISION_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_clip_vision_config.json")
 CONTEXT_DIM = 64
+WEIGHT_SEED = ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
+                       "tooltip": "Seed of the random weights: the same seed gives the same model."})
 SVD_HEAD_CHANNELS = 16  # SVD's config says 64 channels per head, more than the tiny model's first level has
 
 
@@ -107,8 +109,7 @@ class STEMTinyTestModel:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
-                             "tooltip": "Seed of the random weights: the same seed gives the same model."}),
+            "seed": WEIGHT_SEED,
             "model_channels": ("INT", {"default": 32, "min": 8, "max": 320, "step": 8,
                                        "tooltip": "Base width of the UNet (SD1.5 uses 320)."}),
         }}
@@ -224,8 +225,7 @@ class STEMTinySVDModel:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
-                             "tooltip": "Seed of the random weights: the same seed gives the same model."}),
+            "seed": WEIGHT_SEED,
         }}
 
     RETURN_TYPES = ("MODEL", "CLIP_VISION", "VAE", "STRING")
