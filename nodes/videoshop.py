@@ -191,7 +191,7 @@ class STEMVideoshopInvert:
         traj.source_negative = negative
         traj.settings.update(seed=int(seed), cfg=float(cfg))
         info = _report(self.TITLE, traj.describe(), notes)
-        return ({"samples": traj.inverted_latent()}, traj, info)
+        return {"ui": {"text": [info]}, "result": ({"samples": traj.inverted_latent()}, traj, info)}
 
 
 class STEMVideoshopEdit:
@@ -271,7 +271,8 @@ class STEMVideoshopEdit:
             text += (f"; {len(trajectory.windows)} windows, blended frames "
                      + ", ".join(f"{w.start}-{w.start + w.overlap - 1}" for w in trajectory.windows[1:])
                      + f" (warp error at frames {seams[0]}..{seams[-1]} shows the seams)")
-        return ({"samples": host.to_intermediate(out)}, _report(self.TITLE, text, notes))
+        info = _report(self.TITLE, text, notes)
+        return {"ui": {"text": [info]}, "result": ({"samples": host.to_intermediate(out)}, info)}
 
 
 class STEMMatchLatentStatistics:

@@ -121,6 +121,7 @@ def test_videoshop_workflows_propagate_an_edited_frame_on_the_tiny_svd_model(ser
     reports = [json.loads(p.read_text()) for p in out.rglob("*.json")]
     assert len(reports) == 1 and len(reports[0]["metrics"]["psnr"]["per_frame"]) == 8
     assert "one window: no seams" in res.stdout, res.stdout[-3000:]
+    assert "Videoshop inversion: 8 frames, 64x64, 2 of 4 Euler steps" in res.stdout and "Videoshop edit:" in res.stdout
     assert "TINY RANDOM TEST MODEL" in res.stdout
 
 

@@ -58,13 +58,17 @@ def invert(node, svd, src, steps=8, extrapolate=True, seed=42, latent=None, **mo
                 window_frames=14, long_clip=False, overlap=2)
     args.update(more)
     with torch.no_grad():
-        return node("STEMVideoshopInvert").invert(svd[0], src["positive"], src["negative"],
-                                                  latent or src["latent"], **args)
+        out = node("STEMVideoshopInvert").invert(svd[0], src["positive"], src["negative"], latent or src["latent"],
+                                                 **args)
+    assert out["ui"]["text"] == [out["result"][2]]
+    return out["result"]
 
 
 def edit(node, svd, traj, positive, negative, cfg=4.0, rescale=True, **more):
     with torch.no_grad():
-        out, info = node("STEMVideoshopEdit").edit(svd[0], traj, positive, negative, cfg, rescale, **more)
+        result = node("STEMVideoshopEdit").edit(svd[0], traj, positive, negative, cfg, rescale, **more)
+    out, info = result["result"]
+    assert result["ui"]["text"] == [info]
     return out["samples"], info
 
 
@@ -227,8 +231,7 @@ def refused(key, what, fn):
 
 def test_bad_inputs_are_refused_with_the_input_and_the_fix(comfy_host, node, svd, source, tiny, trajectory8):
     sd15 = tiny[0]
-    text = refused("sd15", "An SD1.5 MODEL into STEM Videoshop Invert", lambda: node("STEMVideoshopInvert").invert(
-        sd15, source["positive"], source["negative"], source["latent"], 8, 0.55, True, "per frame", 42, 14, False, 2))
+    text = refused("sd15", "An SD1.5 MODEL into STEM Videoshop Invert", lambda: invert(node, (sd15,), source))
     assert text.startswith("model:") and "Stable Diffusion 1.x" in text and "Image Only Checkpoint Loader" in text
 
     for strength, words in ((0.0, "edits nothing"), (1.0, "pure noise")):
