@@ -263,3 +263,18 @@ def test_zz_docs_table_matches():
     if set(order) - set(ROWS):
         pytest.skip("not every bad input ran in this session (selection); the table is checked on full runs")
     check_section("videoshop", [ROWS[k] for k in order], "tests/host/test_videoshop_nodes.py")
+
+
+def test_tiny_svd_model_is_seeded_and_has_svds_architecture(comfy_host, glue, svd):
+    """Same seed, same weights; another seed, other weights; ComfyUI detects a video UNet (temporal res blocks and
+    attention, 8 input channels) and the Videoshop nodes accept it as SVD img2vid."""
+    build = comfy_host["nodes"].NODE_CLASS_MAPPINGS["STEMTinySVDModel"]().build
+    again, other = build(seed=0)[0], build(seed=1)[0]
+    a, b, c = (m.model.diffusion_model.state_dict() for m in (svd[0], again, other))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    assert any("time_stack" in k for k in a) and any("time_mixer" in k for k in a)
+    unet = svd[0].model.model_config.unet_config
+    assert unet["in_channels"] == 8 and unet["use_temporal_attention"] and unet["use_temporal_resblock"]
+    glue("host").require_svd(svd[0], "test")  # no error
+    assert "Stable Video Diffusion" in glue("host").model_family(svd[0])
