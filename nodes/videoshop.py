@@ -27,10 +27,11 @@ def _first_frame_latent(conditioning, latent_size, name, notes):
     return concat
 
 
-def _window_runs(model, positive, negative, cfg):
-    """run_for(window, concat) for stem_core.videoshop: the host's sampler with ``concat`` as first frame."""
+def _window_runs(model, positive, negative, cfg, progress):
+    """run_for(window, concat) for stem_core.videoshop: the host's sampler with ``concat`` as first frame; its
+    predictions go to ``progress`` (host.Progress) for the latent previews."""
     def run_for(window, concat):
-        return host.sampler_runner(model, host.with_concat(positive, concat), negative, cfg)
+        return host.sampler_runner(model, host.with_concat(positive, concat), negative, cfg, progress=progress)
     return run_for
 
 
@@ -181,11 +182,11 @@ class STEMVideoshopInvert:
         # at cfg 1 the positive stands in for the negative too: any CFG function then returns the positive
         neg = negative if not abs(cfg - 1.0) < 1e-9 else positive
         scale = host.latent_scale(m)
+        progress = host.Progress(edit_steps * len(windows), m)
         with torch.no_grad():
             traj = host.run_guarded("Videoshop inversion", lambda: vs.invert_video(
-                _window_runs(m, positive, neg, cfg), samples, concat, host.karras_sigmas(m, int(steps)), strength,
-                scale, noise, normalize, extrapolate, window_frames, overlap,
-                host.Progress(edit_steps * len(windows))))
+                _window_runs(m, positive, neg, cfg, progress), samples, concat, host.karras_sigmas(m, int(steps)),
+                strength, scale, noise, normalize, extrapolate, window_frames, overlap, progress))
         normalized = vs.normalize_concat(concat, scale) if normalize != "off" else concat
         traj.source_positive = host.with_concat(positive, normalized)
         traj.source_negative = negative
@@ -259,10 +260,11 @@ class STEMVideoshopEdit:
         total = trajectory.edit_steps * len(trajectory.windows)
         host.preflight_sampling(model, "Videoshop edit", max(w.frames for w in trajectory.windows),
                                 trajectory.latent_size, groups=1 if abs(cfg - 1.0) < 1e-9 else 2)
+        progress = host.Progress(total, m)
         with torch.no_grad():
             out = host.run_guarded("Videoshop edit", lambda: vs.edit_video(
-                _window_runs(m, positive, negative, cfg), trajectory, concat, reference, bool(rescale),
-                first_frame_latent == NORMALIZED_CONCAT, host.Progress(total)))
+                _window_runs(m, positive, negative, cfg, progress), trajectory, concat, reference, bool(rescale),
+                first_frame_latent == NORMALIZED_CONCAT, progress))
         text = (f"Videoshop edit: {trajectory.frames} frames, {trajectory.edit_steps} Euler steps from sigma "
                 f"{float(trajectory.edit_sigmas[0]):.3f}, cfg {cfg:g}, "
                 + ("rescaled to the edited frame's statistics" if rescale else "source normalisation undone"))
