@@ -300,20 +300,30 @@ def test_workflow_in_browser(page, server, server_input, run, path):
           f"ran in {result['elapsed_s']:.1f} s")
 
 
-SAVE_VIDEO_JS = r"""
-(async (video) => {
+LOADER_INTO_JS = r"""
+(async (spec) => {
   app.graph.clear();
-  const load = LiteGraph.createNode('STEMVideoLoad'), save = LiteGraph.createNode('STEMSaveVideo');
-  load.pos = [50, 100]; save.pos = [450, 100]; save.size = [360, 420];
-  app.graph.add(load); app.graph.add(save);
-  const set = (n, name, v) => { n.widgets.find(w => w.name === name).value = v; };
-  set(load, 'video', video); set(load, 'custom_width', 64); set(load, 'frame_load_cap', 12);
-  set(save, 'fps', 29.97); set(save, 'filename_prefix', 'STEM_browser/preview'); set(save, 'format', 'mp4');
-  load.connect(0, save, 'images'); load.connect(3, save, 'audio');
+  const load = LiteGraph.createNode('STEMVideoLoad'), target = LiteGraph.createNode(spec.target);
+  load.pos = [50, 100]; target.pos = [450, 100];
+  if (spec.size) target.size = spec.size;
+  app.graph.add(load); app.graph.add(target);
+  for (const [node, values] of [[load, spec.load], [target, spec.values]])
+    for (const [name, v] of Object.entries(values)) node.widgets.find(w => w.name === name).value = v;
+  for (const [slot, input] of spec.links) load.connect(slot, target, input);
   await app.queuePrompt(0, 1);
-  return save.id;
+  return target.id;
 })
 """
+
+
+def _queue_loader_into(page, target, load, values, links, size=None):
+    """Build STEM Load Video -> ``target`` in the editor (widget values by name, links as (loader output slot,
+    target input name)), queue it from the editor like the Queue button, and return the target's node id."""
+    spec = {"target": target, "load": load, "values": values, "links": links, "size": size}
+    node_id = page.js(f"{LOADER_INTO_JS}({json.dumps(spec)})", timeout=60)
+    page.js(FIT_JS)
+    return node_id
+
 
 PREVIEW_STATE_JS = r"""
 ((id) => {
@@ -335,8 +345,10 @@ def test_save_video_preview_plays(page, server, server_input, tmp_path):
     <img> (the pinned frontend plays animated WEBPs, it has no <video>), and the saved mp4 is H.264 + AAC."""
     import av
     page.events.clear()
-    node_id = page.js(f"{SAVE_VIDEO_JS}({json.dumps(server_input('man-skiing.mp4'))})", timeout=60)
-    page.js(FIT_JS)
+    node_id = _queue_loader_into(
+        page, "STEMSaveVideo", {"video": server_input("man-skiing.mp4"), "custom_width": 64, "frame_load_cap": 12},
+        {"fps": 29.97, "filename_prefix": "STEM_browser/preview", "format": "mp4"}, [(0, "images"), (3, "audio")],
+        size=[360, 420])
     deadline, state = time.monotonic() + 180, None
     while time.monotonic() < deadline:
         state = page.js(f"{PREVIEW_STATE_JS}({node_id})")
@@ -378,21 +390,6 @@ def test_save_video_preview_plays(page, server, server_input, tmp_path):
           f"{frames} frames, audio {audio_s:.3f} s")
 
 
-METRICS_JS = r"""
-(async (video) => {
-  app.graph.clear();
-  const load = LiteGraph.createNode('STEMVideoLoad'), metrics = LiteGraph.createNode('STEMVideoMetrics');
-  load.pos = [50, 100]; metrics.pos = [450, 100];
-  app.graph.add(load); app.graph.add(metrics);
-  const set = (n, name, v) => { n.widgets.find(w => w.name === name).value = v; };
-  set(load, 'video', video); set(load, 'custom_width', 64); set(load, 'frame_load_cap', 6);
-  set(metrics, 'label', 'browser probe'); set(metrics, 'filename_prefix', 'STEM_browser/metrics');
-  load.connect(0, metrics, 'source'); load.connect(0, metrics, 'result');
-  await app.queuePrompt(0, 1);
-  return metrics.id;
-})
-"""
-
 METRICS_STATE_JS = r"""
 ((id) => {
   app.canvas.draw(true, true);
@@ -412,8 +409,9 @@ def test_metrics_report_text_and_curve_on_node(page, server_input):
     """STEM Video Metrics in the pinned editor: the report shows as read-only text on the node (web/stem_text.js),
     is not sent back with the prompt, and the per-frame curve is drawn as the node's image."""
     page.events.clear()
-    node_id = page.js(f"{METRICS_JS}({json.dumps(server_input('wolf.mp4'))})", timeout=60)
-    page.js(FIT_JS)
+    node_id = _queue_loader_into(
+        page, "STEMVideoMetrics", {"video": server_input("wolf.mp4"), "custom_width": 64, "frame_load_cap": 6},
+        {"label": "browser probe", "filename_prefix": "STEM_browser/metrics"}, [(0, "source"), (0, "result")])
     deadline, state = time.monotonic() + 120, None
     while time.monotonic() < deadline:
         state = page.js(f"{METRICS_STATE_JS}({node_id})")

@@ -1,6 +1,7 @@
 """What the editor shows while and after a workflow runs, through the real server and its websocket: progress
-per step (1..max) on the inversion and edit nodes, a re-queued unchanged workflow served entirely from ComfyUI's
-cache (no node runs), and a touched video file making the loader run again (IS_CHANGED = mtime + size)."""
+per step (1..max) on the inversion and edit nodes, latent preview images per step with --preview-method auto, a
+re-queued unchanged workflow served entirely from ComfyUI's cache (no node runs), and a touched video file making
+the loader run again (IS_CHANGED = mtime + size)."""
 import os
 import shutil
 
@@ -64,3 +65,27 @@ def test_fatezero_progress(run, server_input):
     result = run(wf, timeout=300)
     _assert_steps(result, wf, "STEMInvert", STEPS)
     _assert_steps(result, wf, "STEMFateZeroEdit", STEPS)
+
+
+@pytest.fixture(scope="module")
+def preview_server(tmp_path_factory):
+    """A second server started as users start it for previews: `--preview-method auto` (latent2rgb here: no TAESD
+    decoder is installed)."""
+    import comfy_host
+    log = tmp_path_factory.mktemp("preview_server") / "comfyui.log"
+    with comfy_host.start_server(str(COMFYUI_DIR), python=comfy_host.host_python(COMFYUI_DIR), port=0, cpu=True,
+                                 extra_args=["--preview-method", "auto"], log_path=str(log), log=None) as handle:
+        yield handle
+
+
+def test_previews_on_the_websocket(preview_server, server_input):
+    """With --preview-method auto the inversion and the edit send one binary preview image per step, shown on the
+    running node, as core samplers do."""
+    import comfy_client as cc
+    wf = small(load_api("tokenflow_stem"), server_input("wolf.mp4"), frames=4, size=64, steps=STEPS)
+    wf[_node(wf, "STEMBasisEstimate")]["inputs"]["seed"] = 7272
+    result = cc.queue_and_wait(preview_server, wf, timeout=300, log=None)
+    for class_type in ("STEMInvert", "STEMTokenFlowEdit"):
+        node = _node(wf, class_type)
+        assert result["previews"].get(node) == STEPS, f"{class_type}: previews {result['previews']}"
+    print(f"previews per node: {result['previews']}")
