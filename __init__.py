@@ -4,8 +4,8 @@ Nodes register only when ComfyUI is importable, so tools and tests can import `s
 """
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
-# web/stem.js: seeds fixed by default on new STEM nodes, and
-# widget values of older workflows moved into place
+# web/: seeds fixed by default on new STEM nodes, widget values of older workflows moved into place,
+# and the metrics report as text on the node (the stock frontends draw no `ui.text` of custom nodes)
 WEB_DIRECTORY = "./web"
 
 try:

@@ -109,12 +109,16 @@ def tables(payload: dict) -> str:
                 if "wall_s" in r and "wall_s" in base:
                     cells.append(f"{r['wall_s']:.1f} s ({r['wall_s'] / base['wall_s']:.2f}x), "
                                  f"CPU {r['cpu_s']:.1f} s ({r['cpu_s'] / base['cpu_s']:.2f}x)")
+                elif "wall_s" in r:  # per_frame did not finish: the time alone
+                    cells.append(f"{r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s")
                 else:
                     cells.append(r.get("skipped", "-")[:40])
             for mode in MODES:
                 r = results.get(mode, {})
                 if r.get("peak_bytes") and base.get("peak_bytes"):
                     cells.append(f"{r['peak_bytes'] / 2**20:.0f} MiB ({r['peak_bytes'] / base['peak_bytes']:.2f}x)")
+                elif r.get("peak_bytes"):
+                    cells.append(f"{r['peak_bytes'] / 2**20:.0f} MiB")
                 else:
                     cells.append("-")
             stem = results.get("stem", {})

@@ -232,12 +232,13 @@ class STEMFateZeroEdit:
         m, fusion = fusion_clone(model, trajectory, store, settings)
         host.preflight_sampling(m, self.TITLE, trajectory.frames, trajectory.latent_size, _video_settings(m),
                                 groups=1 if float(cfg) == 1.0 else 2)
+        progress = host.Progress(n_steps, model=m)
         run = host.sampler_runner(m, host.encode_prompt(clip, target_prompt),
-                                  host.encode_prompt(clip, str(negative_prompt or "")), float(cfg))
+                                  host.encode_prompt(clip, str(negative_prompt or "")), float(cfg), progress=progress)
         try:
             with torch.no_grad():
                 out = host.run_guarded(self.TITLE, lambda: run(
-                    edit_loop(trajectory, fusion, latent_blend, host.Progress(n_steps)), trajectory.sampling_sigmas,
+                    edit_loop(trajectory, fusion, latent_blend, progress), trajectory.sampling_sigmas,
                     trajectory.noisiest_unscaled()))
             mask = None if fusion.mask_sum is None else (fusion.mask_sum / max(1, fusion.mask_count))
         finally:

@@ -1,5 +1,7 @@
 """The one place that knows ComfyUI's internals; every node file goes through it.
 
+- model families (SD1.5 for STEM, SVD img2vid for Videoshop) and their conditioning (SVD: CLIP vision
+  embedding, first-frame concat latent, added time ids);
 - model options: cloning a MODEL with attention patches, finding and stripping the pack's patches
   (copying the dicts it changes, never editing the input's), the video length the patches check;
 - sampling: running a stem_core loop inside ``comfy.sample.sample_custom`` (conditioning, cfg, model
@@ -8,6 +10,7 @@
 - ComfyUI's data types (LATENT, CONDITIONING, CLIP tokens), folders (input, output, temp);
 - the pinned 2024-03 host versus current ones (DESIGN.md section 2 of the project notes).
 """
+import json
 import logging
 import math
 import os
@@ -62,15 +65,88 @@ def _config_name(model) -> str:
 
 
 def require_sd15(model, node_title: str, input_name: str = "model"):
-    """Refuse a MODEL that is not Stable Diffusion 1.x, naming what was detected and what works."""
+    """Refuse a MODEL that is not Stable Diffusion 1.x, naming what was detected and what works, or one that
+    would hand the UNet part of the video at a time (context windows, see refuse_context_windows)."""
     unet = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", {}) or {}
     if _config_name(model) == "SD15" and unet.get("in_channels", 4) == 4:
+        refuse_context_windows(model, node_title, input_name)
         return
     raise STEMError(
         f"{node_title} got a {model_family(model)} model; it works with Stable Diffusion 1.x checkpoints (SD1.5 "
         f"and its fine-tunes: 4-channel latents, 768-wide text encoder, 16 self-attention layers)",
         input_name=input_name, fix="load an SD1.5 checkpoint such as v1-5-pruned-emaonly.safetensors with Load "
                                    "Checkpoint")
+
+
+def require_svd(model, node_title: str, input_name: str = "model"):
+    """Refuse a MODEL that is not Stable Video Diffusion img2vid, naming what was detected and what works."""
+    base = getattr(model, "model", None)
+    if _config_name(model) == "SVD_img2vid" and getattr(getattr(base, "model_type", None), "name", "") == \
+            "V_PREDICTION_EDM":
+        return
+    raise STEMError(
+        f"{node_title} got a {model_family(model)} model; it works with Stable Video Diffusion img2vid checkpoints "
+        f"(svd.safetensors, 14 frames, or svd_xt.safetensors, 25 frames: v-prediction with EDM sigmas, conditioned "
+        f"on a first frame)", input_name=input_name,
+        fix="load svd.safetensors with Image Only Checkpoint Loader (img2vid model) and connect its MODEL")
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole video: context windows and VideoHelperSuite meta batches hand nodes part of it
+
+WHOLE_VIDEO_FIX = ("to bound memory instead, load fewer frames (frame_load_cap, select_every_nth) or a smaller size "
+                   "(custom_width / custom_height) on STEM Load Video, and set chunk_tokens on STEM Video Attention "
+                   "and chunk_size on STEM TokenFlow Edit")
+
+
+def refuse_context_windows(model, node_title: str, input_name: str = "model"):
+    """Current ComfyUI's Context Windows nodes put a ``context_handler`` in the model options: the sampler then
+    calls the UNet on windows of context_length frames, so STEM's EM would see one window, not the video."""
+    handler = (getattr(model, "model_options", None) or {}).get("context_handler")
+    if handler is None:
+        return
+    length = getattr(handler, "context_length", "?")
+    raise STEMError(
+        f"{node_title} got a MODEL with ComfyUI context windows ({type(handler).__name__}, {length} frames per "
+        f"window): the sampler would give the UNet {length}-frame windows, but STEM estimates its bases (and "
+        f"TokenFlow / FateZero their stores) from every frame of the video at once", input_name=input_name,
+        fix="remove the Context Windows node from this model's path; " + WHOLE_VIDEO_FIX)
+
+
+def _is_link(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[1], int)
+
+
+def _upstream(prompt: dict, node_id):
+    """(id, node) of every node of an API prompt that feeds ``node_id`` directly or indirectly."""
+    seen, todo = set(), [str(node_id)]
+    while todo:
+        nid = todo.pop()
+        for value in (prompt.get(nid) or {}).get("inputs", {}).values():
+            if _is_link(value) and str(value[0]) not in seen and str(value[0]) in prompt:
+                seen.add(str(value[0]))
+                todo.append(str(value[0]))
+                yield str(value[0]), prompt[str(value[0])]
+
+
+def refuse_meta_batch(prompt, node_id, node_title: str, input_name: str):
+    """Refuse a run that only sees part of the video: a node upstream of ``node_id`` with a ``meta_batch`` input
+    connected (VideoHelperSuite's loaders with a Meta Batch Manager) loads frames_per_batch frames per run and
+    re-queues the prompt for the rest. Reads the node's hidden PROMPT and UNIQUE_ID (without them nothing is
+    checked)."""
+    if not isinstance(prompt, dict) or node_id is None:
+        return
+    for nid, node in _upstream(prompt, node_id):
+        batch = (node.get("inputs") or {}).get("meta_batch")
+        if _is_link(batch):
+            manager = prompt.get(str(batch[0])) or {}
+            per_batch = (manager.get("inputs") or {}).get("frames_per_batch", "?")
+            raise STEMError(
+                f"{node_title} would see {per_batch} frames per run: node {nid} ({node.get('class_type')}) takes a "
+                f"meta batch from node {batch[0]} ({manager.get('class_type', '?')}), which splits the video into "
+                f"batches and re-queues the workflow for each, but STEM estimates its bases from every frame of the "
+                f"video at once", input_name=input_name,
+                fix=f"disconnect meta_batch from node {nid} (load the whole clip in one run); " + WHOLE_VIDEO_FIX)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,6 +204,65 @@ def check_conditioning(conditioning, model, name):
         if expected is not None and t.shape[-1] != expected:
             raise STEMError(f"the conditioning has {t.shape[-1]} channels but the model expects {expected}; "
                             f"encode the prompt with this model's CLIP", input_name=name)
+
+
+def check_svd_conditioning(conditioning, model, name):
+    """An SVD CONDITIONING: a CLIP vision embedding of the model's width and a first-frame concat latent."""
+    if not isinstance(conditioning, list) or not conditioning or not torch.is_tensor(conditioning[0][0]):
+        raise STEMError("expected a CONDITIONING", input_name=name,
+                        fix="connect STEM Videoshop Conditioning or SVD_img2vid_Conditioning")
+    check_conditioning(conditioning, model, name)
+    concat = conditioning[0][1].get("concat_latent_image")
+    if not torch.is_tensor(concat) or concat.ndim != 4 or not torch.isfinite(concat).all():
+        raise STEMError("has no first-frame latent (concat_latent_image): it is not an image-to-video conditioning",
+                        input_name=name, fix="connect STEM Videoshop Conditioning or SVD_img2vid_Conditioning "
+                                             "made from the first frame")
+
+
+def svd_concat(conditioning):
+    """The first-frame latent [1, 4, h, w] (unscaled) of an SVD CONDITIONING's first entry."""
+    return conditioning[0][1]["concat_latent_image"][:1]
+
+
+def with_concat(conditioning, concat):
+    """A copy of an SVD CONDITIONING whose entries carry ``concat`` [1, 4, h, w] as the first-frame latent."""
+    return [[c[0], dict(c[1], concat_latent_image=concat.detach().clone())] for c in conditioning]
+
+
+def svd_conditioning(image_embeds, concat, fps: int, motion_bucket_id: int, augmentation_level: float):
+    """(positive, negative) as SVD_img2vid_Conditioning builds them: image_embeds [1, D] (CLIP vision),
+    concat [1, 4, h, w] unscaled; the negative has zero embedding and zero latent, the same added time ids."""
+    ids = {"fps": int(fps), "motion_bucket_id": int(motion_bucket_id), "augmentation_level": float(augmentation_level)}
+    pooled = image_embeds.unsqueeze(0)
+    positive = [[pooled, dict(ids, concat_latent_image=concat)]]
+    negative = [[torch.zeros_like(pooled), dict(ids, concat_latent_image=torch.zeros_like(concat))]]
+    return positive, negative
+
+
+def clip_vision_embedding(clip_vision, image):
+    """CLIP vision image embedding [B, D] of IMAGE [B, H, W, 3]. The picture is squashed to 224x224 first
+    (bilinear, antialiased, as the Videoshop reference prepares it); ComfyUI's own preprocessing would
+    resize the short side and centre-crop, and it leaves a 224x224 input as it is."""
+    size = 224
+    pixels = image[..., :3].movedim(-1, 1).float()
+    if tuple(pixels.shape[-2:]) != (size, size):
+        pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True,
+                                                 align_corners=False)
+    return clip_vision.encode_image(pixels.clamp(0, 1).movedim(1, -1)).image_embeds
+
+
+def vae_encode_mode(vae, pixels):
+    """VAE encode of IMAGE-like pixels [B, H, W, 3] (0..1, values outside allowed) -> unscaled latent, using the
+    posterior's MODE: the SVD VAE in ComfyUI samples its posterior on every encode (the reference does not)."""
+    regularizer = getattr(getattr(vae, "first_stage_model", None), "regularization", None)
+    if regularizer is None or not hasattr(regularizer, "sample"):
+        return vae.encode(pixels)
+    before = regularizer.sample
+    regularizer.sample = False
+    try:
+        return vae.encode(pixels)
+    finally:
+        regularizer.sample = before
 
 
 def text_embedding(conditioning, name):
@@ -285,18 +420,41 @@ def model_sampling(model):
     return model.model.model_sampling
 
 
-def ddim_sigmas(model, steps: int):
-    """ComfyUI's ddim_uniform schedule: descending sigmas [steps + 1] ending in 0, on the CPU."""
+def scheduler_sigmas(model, scheduler: str, steps: int):
+    """ComfyUI's named schedule of a MODEL (e.g. ddim_uniform, karras): descending sigmas [steps + 1] ending in 0,
+    on the CPU; calculate_sigmas in current hosts, calculate_sigmas_scheduler in the pinned one."""
     if hasattr(comfy.samplers, "calculate_sigmas"):
         try:
-            return comfy.samplers.calculate_sigmas(model_sampling(model), "ddim_uniform", steps).cpu()
+            return comfy.samplers.calculate_sigmas(model_sampling(model), scheduler, steps).cpu()
         except TypeError:
             pass
-    return comfy.samplers.calculate_sigmas_scheduler(model.model, "ddim_uniform", steps).cpu()
+    return comfy.samplers.calculate_sigmas_scheduler(model.model, scheduler, steps).cpu()
+
+
+def ddim_sigmas(model, steps: int):
+    """ComfyUI's ddim_uniform schedule: descending sigmas [steps + 1] ending in 0, on the CPU."""
+    return scheduler_sigmas(model, "ddim_uniform", steps)
 
 
 def latent_scale(model) -> float:
     return float(model.model.latent_format.scale_factor)
+
+
+def karras_sigmas(model, steps: int):
+    """ComfyUI's karras schedule of a MODEL: descending sigmas [steps + 1] ending in 0, on the CPU (for SVD
+    the reference's schedule: sigma 700 down to 0.002, rho 7)."""
+    return scheduler_sigmas(model, "karras", steps)
+
+
+def without_cfg_function_at_cfg1(model, cfg: float):
+    """At cfg 1 ComfyUI skips the negative and hands a model's sampler_cfg_function (e.g. Video Linear CFG
+    Guidance) a zero prediction in its place; drop the function on a clone so that cfg 1 means no guidance.
+    Returns (model or clone, whether one was dropped)."""
+    if not math.isclose(float(cfg), 1.0) or "sampler_cfg_function" not in model.model_options:
+        return model, False
+    m = model.clone()
+    m.model_options = {k: v for k, v in m.model_options.items() if k != "sampler_cfg_function"}
+    return m, True
 
 
 def check_same_schedule(model, trajectory):
@@ -307,16 +465,23 @@ def check_same_schedule(model, trajectory):
                         "family for inversion and reconstruction/editing", input_name="model")
 
 
-def sampler_runner(model, positive, negative, cfg: float, seed: int = 0):
+def sampler_runner(model, positive, negative, cfg: float, seed: int = 0, progress=None):
     """run(loop, sigmas, latent) for stem_core's drivers: runs ``loop(denoise, x, sigmas)`` through
     ``comfy.sample.sample_custom`` (conditioning, cfg, model loading, patches are ComfyUI's own). ``latent``
     is unscaled [B, 4, h, w]; the noise is zero, so the loop starts from the latent itself. Returns the
-    unscaled result."""
+    unscaled result. Each denoised prediction [frames, 4, h, w] goes to ``progress.show`` (a Progress made with
+    the model) for the latent preview."""
     def run(loop, sigmas, latent):
         def sampler_function(model_k, x, sigmas_in, extra_args=None, callback=None, disable=None):
             extra_args = extra_args or {}
             s_in = x.new_ones([x.shape[0]])
-            return loop(lambda xx, s: model_k(xx, s * s_in, **extra_args), x, sigmas_in)
+
+            def denoise(xx, s):
+                denoised = model_k(xx, s * s_in, **extra_args)
+                if progress is not None:
+                    progress.show(denoised)
+                return denoised
+            return loop(denoise, x, sigmas_in)
 
         sampler = comfy.samplers.KSAMPLER(sampler_function)
         return comfy.sample.sample_custom(model, torch.zeros_like(latent), cfg, sampler, sigmas, positive, negative,
@@ -333,16 +498,26 @@ def load_for_direct_calls(model, batch_shape):
     return model.load_device
 
 
-def unet_call(model, transformer_options):
+def unet_call(model, transformer_options, progress=None):
     """apply(batch [B, 4, h, w], sigma float, text [B, tokens, C], cond_or_uncond list) -> denoised float32:
-    a direct UNet call with the clone's patches (TokenFlow batches source and edit branches itself)."""
+    a direct UNet call with the clone's patches (TokenFlow batches source and edit branches itself). The first
+    row of the last branch (an edited frame, TokenFlow's batch order) goes to ``progress.show`` for the preview."""
     device = model.load_device
 
     def apply(batch, sigma, text, cond_or_uncond):
         sig = torch.full((batch.shape[0],), float(sigma), device=device, dtype=torch.float32)
         topts = dict(transformer_options, cond_or_uncond=cond_or_uncond, sigmas=sig)
-        return model.model.apply_model(batch, sig, c_crossattn=text, transformer_options=topts).float()
+        denoised = model.model.apply_model(batch, sig, c_crossattn=text, transformer_options=topts).float()
+        if progress is not None:
+            first_edited = (len(cond_or_uncond) - 1) * (batch.shape[0] // max(1, len(cond_or_uncond)))
+            progress.show(denoised[first_edited:first_edited + 1])
+        return denoised
     return apply
+
+
+def to_intermediate(x):
+    """A tensor on ComfyUI's intermediate device (where LATENT outputs live)."""
+    return x.to(comfy.model_management.intermediate_device())
 
 
 def to_output_latent(model, x_scaled):
@@ -359,14 +534,43 @@ def check_interrupt():
 
 
 class Progress:
-    """on_step(i, total) for stem_core loops: honours Cancel, then advances ComfyUI's progress bar."""
+    """on_step(i, total) for stem_core loops: honours Cancel, then advances ComfyUI's progress bar by one step
+    (the browser's bar on the running node). Made with ``model``, every step also goes through ComfyUI's own
+    ``latent_preview.prepare_callback`` with the first denoised prediction handed to ``show`` since the last step
+    (sampler space [B, 4, h, w]; item 0 is previewed), so the node shows latent previews as core samplers do
+    (TAESD or latent2rgb, as --preview-method chooses; nothing extra when previews are off)."""
 
-    def __init__(self, total: int):
-        self.bar = comfy.utils.ProgressBar(max(1, int(total)))
+    def __init__(self, total: int, model=None):
+        self.total = max(1, int(total))
+        self.done = 0
+        self.bar = comfy.utils.ProgressBar(self.total)
+        self.preview = None
+        self.latest = None
+        if model is not None:
+            try:
+                import latent_preview
+                self.preview = latent_preview.prepare_callback(model, self.total)
+            except Exception as exc:  # a preview must never break a run
+                logging.warning("[STEM] latent previews unavailable: %s", exc)
+
+    def show(self, denoised):
+        if self.preview is not None and self.latest is None:
+            self.latest = denoised[:1].detach()
 
     def __call__(self, i=None, total=None):
         check_interrupt()
-        self.bar.update(1)
+        self.done = min(self.total, self.done + 1)
+        latest, self.latest = self.latest, None
+        if latest is not None:
+            try:
+                self.preview(self.done - 1, latest, None, self.total)  # sends progress + preview image
+                return
+            except Exception as exc:
+                if isinstance(exc, comfy.model_management.InterruptProcessingException):
+                    raise
+                logging.warning("[STEM] latent preview failed, previews off for this node: %s", exc)
+                self.preview = None
+        self.bar.update_absolute(self.done, self.total)
 
 
 def run_guarded(what: str, fn, settings_hint: str = ""):
@@ -445,12 +649,36 @@ def temp_subfolder(name: str) -> str:
     return os.path.join(folder_paths.get_temp_directory(), name)
 
 
-def output_path(prefix: str, width: int = 0, height: int = 0):
-    """(folder, base name without extension, subfolder) for a new output file under ComfyUI's output folder."""
-    out_dir = folder_paths.get_output_directory()
-    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, out_dir, width, height)
+def _new_file(root: str, prefix: str, width: int, height: int):
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, root, width, height)
     os.makedirs(folder, exist_ok=True)
     return folder, f"{name}_{counter:05}", subfolder
+
+
+def output_path(prefix: str, width: int = 0, height: int = 0):
+    """(folder, base name without extension, subfolder) for a new output file under ComfyUI's output folder."""
+    return _new_file(folder_paths.get_output_directory(), prefix, width, height)
+
+
+def temp_path(prefix: str):
+    """(folder, base name without extension, subfolder) for a preview file in ComfyUI's temp folder (served as
+    type "temp", emptied at every start)."""
+    return _new_file(folder_paths.get_temp_directory(), prefix, 0, 0)
+
+
+def workflow_metadata(prompt, extra_pnginfo) -> dict:
+    """The prompt and the workflow a node receives through its hidden PROMPT / EXTRA_PNGINFO inputs, as JSON text
+    by key ({"prompt": ..., "workflow": ...}), the way core save nodes embed them; empty when ComfyUI runs with
+    --disable-metadata."""
+    from comfy.cli_args import args
+    if getattr(args, "disable_metadata", False):
+        return {}
+    out = {}
+    if prompt is not None:
+        out["prompt"] = json.dumps(prompt)
+    for key, value in (extra_pnginfo or {}).items():
+        out[str(key)] = json.dumps(value)
+    return out
 
 
 def same_length(embeddings):

@@ -96,6 +96,7 @@ class STEMInvert:
 
     def invert(self, model, latent, source_conditioning, steps, prompt=None, unique_id=None):
         host.require_sd15(model, self.TITLE)
+        host.refuse_meta_batch(prompt, unique_id, self.TITLE, "latent")
         samples = host.check_latent(latent)
         host.check_conditioning(source_conditioning, model, "source_conditioning")
         host.check_steps(steps)
@@ -108,11 +109,12 @@ class STEMInvert:
         settings = dict(vars(patch.settings), tau=patch.settings.effective_tau,
                         iterations=patch.settings.effective_iterations) if patch is not None else {"mode": "per_frame"}
         settings["layers"] = [f"{a}_{b}" for a, b in settings.get("layers", ())]
-        run = host.sampler_runner(m, source_conditioning, source_conditioning, 1.0)
+        progress = host.Progress(steps, model=m)
+        run = host.sampler_runner(m, source_conditioning, source_conditioning, 1.0, progress=progress)
         with torch.no_grad():
             out, traj = host.run_guarded("STEM inversion", lambda: invert_video(
                 run, samples, host.ddim_sigmas(m, int(steps)), host.latent_scale(m), patch, hooks,
-                host.Progress(steps), requested_steps=int(steps), settings=settings,
+                progress, requested_steps=int(steps), settings=settings,
                 source_conditioning=source_conditioning, store_dtype=host.model_dtype(m)))
         # the source prompt's words, for editing methods that align prompts (FateZero): typed once, in the CLIP
         # Text Encode feeding source_conditioning, and read from the graph ComfyUI hands this node
@@ -155,10 +157,11 @@ class STEMReconstruct:
         host.check_same_schedule(m, trajectory)
         host.preflight_sampling(m, "STEM reconstruction", trajectory.frames, trajectory.latent_size,
                                 patch and patch.settings)
-        run = host.sampler_runner(m, cond, cond, 1.0)
+        progress = host.Progress(trajectory.steps, model=m)
+        run = host.sampler_runner(m, cond, cond, 1.0, progress=progress)
         with torch.no_grad():
             out = host.run_guarded("STEM reconstruction", lambda: reconstruct_video(
-                run, trajectory, patch, bases == REPLAY, host.Progress(trajectory.steps)))
+                run, trajectory, patch, bases == REPLAY, progress))
         return ({"samples": out},)
 
 

@@ -1,8 +1,11 @@
 """STEMVideoMetrics: PSNR/SSIM of a result against the source video, and warp error (temporal
-consistency measured with the SOURCE video's optical flow). Shown in the UI, returned as STRING,
-and saved as JSON + a per-frame curve PNG in ComfyUI's output folder."""
+consistency measured with the SOURCE video's optical flow). The report is returned as STRING and shown as text on
+the node (web/stem_text.js); the per-frame curve is an IMAGE output and the node's image preview; both are saved
+(JSON + PNG) in ComfyUI's output folder."""
 import json
 import os
+
+import torch
 
 from ..stem_core.metrics import (FLOW_METHODS, flow_method_name, format_report, plot_curves_png, report_json,
                                  video_metrics)
@@ -28,9 +31,11 @@ class STEMVideoMetrics:
                 "Text printed at the top of the report (the runner puts the tiny test model's notice here)."}),
         }}
 
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("report",)
-    OUTPUT_TOOLTIPS = ("The report as text: means, minima, maxima and a per-frame table.",)
+    RETURN_TYPES = ("STRING", "IMAGE")
+    RETURN_NAMES = ("report", "curve")
+    OUTPUT_TOOLTIPS = ("The report as text: means, minima, maxima and a per-frame table.",
+                       "The per-frame curves as a picture [1, 450, 800, 3] (each metric scaled to its own range; "
+                       "the legend gives the real values).")
     FUNCTION = "measure"
     OUTPUT_NODE = True
     CATEGORY = host.category("metrics")
@@ -48,12 +53,12 @@ class STEMVideoMetrics:
             json.dump(data, f, indent=1)
         curves = {k: [float(x) for x in v] for k, v in per_frame.items()}
         # warp error compares frame k with k-1, so its first value belongs to frame 1
-        plot_curves_png(curves, os.path.join(folder, base + ".png"), title=f"{label}: per-frame metrics",
-                        x_starts={"warp_error": 1})
+        chart = plot_curves_png(curves, os.path.join(folder, base + ".png"), title=f"{label}: per-frame metrics",
+                                x_starts={"warp_error": 1})
         files = [{"filename": base + ".png", "subfolder": subfolder, "type": "output"}]
         return {"ui": {"text": [text], "images": files,
                        "reports": [{"filename": base + ".json", "subfolder": subfolder, "type": "output"}]},
-                "result": (text,)}
+                "result": (text, torch.from_numpy(chart).float().div_(255.0).unsqueeze(0))}
 
 
 NODE_CLASS_MAPPINGS = {"STEMVideoMetrics": STEMVideoMetrics}

@@ -2,7 +2,7 @@
 import importlib
 import logging
 
-_FEATURE_MODULES = ["video", "inversion", "tokenflow", "fatezero", "metrics", "compare", "testing"]
+_FEATURE_MODULES = ["video", "inversion", "tokenflow", "fatezero", "metrics", "compare", "videoshop", "testing"]
 
 NODE_CLASS_MAPPINGS = {}
 for _name in _FEATURE_MODULES:

@@ -58,10 +58,11 @@ def tokenflow_edit(model, trajectory, positive, negative, source_conditioning, s
     named = [(source_conditioning, "source_conditioning")] + \
         ([(negative, "negative")] if settings.groups == 3 else []) + [(positive, "positive")]
     embeddings = [e.to(device) for e in host.same_length([host.text_embedding(c, n) for c, n in named])]
-    apply = host.unet_call(m, m.model_options["transformer_options"])
+    progress = host.Progress(trajectory.steps, model=m)
+    apply = host.unet_call(m, m.model_options["transformer_options"], progress)
     with torch.no_grad():
         x = host.run_guarded("STEM TokenFlow Edit", lambda: edit_video(
-            apply, trajectory, settings, embeddings, hooks, device, host.Progress(trajectory.steps),
+            apply, trajectory, settings, embeddings, hooks, device, progress,
             host.check_interrupt, stats))
     return host.to_output_latent(m, x)
 

@@ -1,13 +1,13 @@
 """STEM Load Video (a video file or frame folder from ComfyUI's input folder -> IMAGE batch, frame count, fps,
-audio, description) and STEM Save Video. All decoding and encoding lives in stem_core/video_io.py."""
+audio, description) and STEM Save Video (mp4 with audio / webp / gif, playing on the node). All decoding and
+encoding lives in stem_core/video_io.py."""
 import os
 
 import torch
-from PIL import Image
 
 from ..stem_core.errors import STEMError, VideoLoadError
-from ..stem_core.video_io import (DEFAULT_FOLDER_FPS, MAX_SIDE, SIZE_MODES, content_hash, list_inputs, load_video,
-                                  resolve_in_input_dir, write_video)
+from ..stem_core.video_io import (DEFAULT_FOLDER_FPS, MAX_SIDE, SIZE_MODES, VIDEO_FORMATS, change_signature,
+                                  list_inputs, load_video, resolve_in_input_dir, write_video)
 from . import host
 
 
@@ -89,9 +89,10 @@ class STEMVideoLoad:
 
     @classmethod
     def IS_CHANGED(cls, video, **kwargs):
-        # Changing the file on disk re-runs the node; re-queueing identical content is served from cache.
+        # Like core LoadImage / VideoHelperSuite: a new modification time or size re-runs the node; re-queueing
+        # an untouched file is served from cache without reading it (hashing a long clip took seconds per queue).
         try:
-            return content_hash(_resolve(video))
+            return change_signature(_resolve(video))
         except (VideoLoadError, OSError) as exc:
             return f"unavailable: {exc}"
 
@@ -113,6 +114,15 @@ class STEMVideoLoad:
 
 
 class STEMSaveVideo:
+    TITLE = "STEM Save Video (mp4 / webp / gif, with audio)"
+    CATEGORY = host.category("video")
+    DESCRIPTION = ("Saves the frames as an H.264 mp4 (with the audio, if connected, as AAC) or an animated WEBP / "
+                   "GIF in the output folder, with the prompt and the workflow in the file, and shows the video "
+                   "playing on the node.")
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -121,27 +131,55 @@ class STEMSaveVideo:
                               "tooltip": "Frame rate of the file (connect STEM Load Video's fps)."}),
             "filename_prefix": ("STRING", {"default": "STEM/video", "tooltip":
                                            "File name prefix inside ComfyUI's output folder."}),
-        }}
+            "format": (list(VIDEO_FORMATS), {"default": "mp4", "tooltip":
+                       "mp4: H.264 (yuv420p) with AAC audio, plays in every browser and player. webp / gif: "
+                       "looping animations without sound (gif has 256 colours)."}),
+            "crf": ("INT", {"default": 19, "min": 0, "max": 51, "step": 1, "tooltip":
+                    "H.264 quality for mp4: 0 is lossless, 17-23 look clean, each +6 roughly halves the size."}),
+        }, "optional": {
+            "audio": ("AUDIO", {"tooltip": "Sound for the mp4 (STEM Load Video's audio or any ComfyUI AUDIO), "
+                                           "trimmed to the frames' duration. webp and gif have no sound."}),
+        }, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
 
-    RETURN_TYPES = ()
-    FUNCTION = "save"
-    OUTPUT_NODE = True
-    CATEGORY = host.category("video")
-    TITLE = "STEM Save Video (mp4)"
-    DESCRIPTION = "Saves the frames as an mp4 and shows the first frame as a preview."
-
-    def save(self, images, fps, filename_prefix):
+    def save(self, images, fps, filename_prefix, format="mp4", crf=19, audio=None, prompt=None, extra_pnginfo=None):
         if not torch.is_tensor(images) or images.ndim != 4 or images.shape[0] < 1:
             raise STEMError("expected an IMAGE batch [frames, H, W, 3] with at least one frame", input_name="images")
-        if not fps > 0:
-            raise STEMError(f"must be > 0, got {fps}", input_name="fps")
+        frames = int(images.shape[0])
+        metadata = host.workflow_metadata(prompt, extra_pnginfo)
         folder, base, subfolder = host.output_path(filename_prefix, images.shape[2], images.shape[1])
-        write_video(images, os.path.join(folder, base + ".mp4"), float(fps), on_frame=host.Progress(images.shape[0]))
-        first = (images[0, :, :, :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-        Image.fromarray(first).save(os.path.join(folder, base + ".png"))
-        return {"ui": {"images": [{"filename": base + ".png", "subfolder": subfolder, "type": "output"}],
-                       "videos": [{"filename": base + ".mp4", "subfolder": subfolder, "type": "output",
-                                   "format": "video/mp4", "frame_rate": float(fps), "frames": int(images.shape[0])}]}}
+        name = f"{base}.{format}"
+        progress = host.Progress(frames * (2 if format != "webp" else 1))
+        write_video(images, os.path.join(folder, name), float(fps), format=format, crf=crf, audio=audio,
+                    metadata=metadata, on_frame=progress)
+        saved = {"filename": name, "subfolder": subfolder, "type": "output"}
+        if format == "webp":
+            shown = saved
+        else:
+            # The preview is an animated WEBP: the pinned 2024-03 frontend plays animated images (an <img>) but
+            # has no <video> and drops an mp4; current frontends would send an mp4 or a GIF to a <video>, which
+            # cannot play a GIF. A small copy (at most PREVIEW_SIDE pixels) in the temp folder keeps it light.
+            preview_folder, preview_base, preview_sub = host.temp_path("STEM_preview")
+            write_video(_preview_frames(images), os.path.join(preview_folder, preview_base + ".webp"), float(fps),
+                        format="webp", metadata=metadata, on_frame=progress)
+            shown = {"filename": preview_base + ".webp", "subfolder": preview_sub, "type": "temp"}
+        # `images` + `animated` is what both stock frontends play; `stem_video` names the saved file (download)
+        return {"ui": {"images": [shown], "animated": (True,),
+                       "stem_video": [dict(saved, format=format, fps=float(fps), frames=frames,
+                                           audio=bool(audio is not None and format == "mp4"))]}}
+
+
+PREVIEW_SIDE = 512
+
+
+def _preview_frames(images):
+    """IMAGE [N, H, W, C] -> at most PREVIEW_SIDE pixels on the longer side (area-averaged), for the node preview."""
+    h, w = int(images.shape[1]), int(images.shape[2])
+    scale = PREVIEW_SIDE / max(h, w)
+    if scale >= 1:
+        return images
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return torch.nn.functional.interpolate(images[..., :3].movedim(-1, 1).float(), size=size,
+                                           mode="area").movedim(1, -1)
 
 
 NODE_CLASS_MAPPINGS = {"STEMVideoLoad": STEMVideoLoad, "STEMSaveVideo": STEMSaveVideo}

@@ -249,6 +249,72 @@ def core_video_graph():
     ]
 
 
+SVD_CHECKPOINT = "svd.safetensors"
+EDITED_FRAME = "edited_first_frame.png"
+EDIT_PROMPT = "a watercolor painting of a red disc and a blue square on a textured background"
+VIDEOSHOP_NOTE = ("Videoshop: edit the FIRST frame of the clip in any image tool, then the video is inverted with "
+                  "Stable Video Diffusion conditioned on its original first frame and sampled again conditioned on "
+                  "your edited frame, so the edit follows the motion. Load Checkpoint (SVD img2vid): an SVD or "
+                  "SVD-XT img2vid checkpoint (svd.safetensors). SVD's own size is 14 frames of 1024x576; longer "
+                  "clips: switch long_clip on in Videoshop Invert (windows with a blended overlap).\n\n")
+
+
+def videoshop_graph(edited_frame, edit_group="Load"):
+    """Videoshop: the video inverted with SVD conditioned on its first frame, then sampled conditioned on the
+    edited first frame (``edited_frame``: the (node id, slot) of that IMAGE, in ``edit_group``). SVD's own sizes:
+    14 frames of 1024x576; the reference's fps id 6 (fps 7) and motion bucket 127; edit guidance 4 to 4 (constant)."""
+    svd_size = dict(width=1024, height=576, video_frames=14, motion_bucket_id=127, fps=7, augmentation_level=0.0)
+    return [
+        n(1, "STEMVideoLoad", "Load video", "Load", video=DEMO_VIDEO, force_rate=0.0, custom_width=1024,
+          custom_height=576, frame_load_cap=14, skip_first_frames=0, select_every_nth=1, size_mode="resize"),
+        n(2, "ImageOnlyCheckpointLoader", "Load Checkpoint (SVD img2vid)", "Load", ckpt_name=SVD_CHECKPOINT),
+        n(3, "VAEEncode", "Encode frames", "Load", pixels=[1, 0], vae=[2, 2]),
+        n(4, "ImageFromBatch", "First frame (original)", "Load", image=[1, 0], batch_index=0, length=1),
+        n(6, "SVD_img2vid_Conditioning", "SVD conditioning: original first frame", "Invert", clip_vision=[2, 1],
+          init_image=[4, 0], vae=[2, 2], **svd_size),
+        n(9, "STEMVideoshopInvert", "Videoshop inversion (original first frame)", "Invert", model=[2, 0],
+          positive=[6, 0], negative=[6, 1], latent=[3, 0], steps=25, strength=0.55, extrapolate=True,
+          normalize="per frame", seed=42, window_frames=14, long_clip=False, overlap=2),
+        n(7, "SVD_img2vid_Conditioning", "SVD conditioning: edited first frame", "Edit", clip_vision=[2, 1],
+          init_image=list(edited_frame), vae=[2, 2], **svd_size),
+        n(8, "VideoLinearCFGGuidance", "Edit guidance 4 to 4 (constant)", "Edit", model=[2, 0], min_cfg=4.0),
+        n(10, "STEMVideoshopEdit", "Videoshop edit (edited first frame)", "Edit", model=[8, 0], trajectory=[9, 1],
+          positive=[7, 0], negative=[7, 1], cfg=4.0, rescale=True),
+        n(11, "VAEDecode", "Decode edit", "Edit", samples=[10, 0], vae=[2, 2]),
+        save(12, 11, "STEM/videoshop", "Save Videoshop edit"),
+        metrics(13, 11, "Videoshop edit vs source", "STEM/videoshop"),
+        n(14, "STEMVideoshopSeamReport", "Seams of long clips (windows)", "Output", images=[11, 0],
+          source_images=[1, 0], trajectory=[9, 1]),
+    ]
+
+
+def videoshop_edit_first_frame_graph():
+    """Your edited first frame (any image tool) from Load Image, propagated through the video."""
+    text = (VIDEOSHOP_NOTE + "Load Image (edited first frame): your edit of the clip's first frame, the size of "
+            "the video (another size is resized, with a warning in Videoshop Edit's info).\n\n" + CLIP_NOTE.split("\n\n")[0])
+    return [note(text)] + videoshop_graph((5, 0)) + [
+        n(5, "LoadImage", "Load Image (edited first frame)", "Load", image=EDITED_FRAME),
+    ]
+
+
+def videoshop_sd15_first_frame_edit_graph():
+    """The first frame edited inside the graph with SD1.5 img2img (denoise 0.6), then propagated by Videoshop."""
+    text = (VIDEOSHOP_NOTE + "Here the first frame is edited in the graph: SD1.5 img2img of the original first "
+            "frame (Load Checkpoint (SD1.5), denoise 0.6) with the target prompt.\n\n" + CLIP_NOTE.split("\n\n")[0])
+    return [note(text)] + videoshop_graph((24, 0)) + [
+        n(20, "CheckpointLoaderSimple", "Load Checkpoint (SD1.5, edits the first frame)", "Edit",
+          ckpt_name=DEFAULT_CHECKPOINT),
+        n(21, "CLIPTextEncode", "Target prompt (first frame edit)", "Edit", text=EDIT_PROMPT, clip=[20, 1]),
+        n(22, "CLIPTextEncode", "Negative prompt", "Edit", text=NEGATIVE_PROMPT, clip=[20, 1]),
+        n(23, "VAEEncode", "Encode first frame (SD1.5)", "Edit", pixels=[4, 0], vae=[20, 2]),
+        n(25, "KSampler", "img2img of the first frame", "Edit", model=[20, 0], seed=0, steps=20, cfg=7.0,
+          sampler_name="euler", scheduler="normal", positive=[21, 0], negative=[22, 0], latent_image=[23, 0],
+          denoise=0.6),
+        n(24, "VAEDecode", "Edited first frame", "Edit", samples=[25, 0], vae=[20, 2]),
+        n(26, "PreviewImage", "Edited first frame (preview)", "Output", images=[24, 0]),
+    ]
+
+
 GRAPHS = {
     "stem_reconstruction": reconstruction_graph,
     "tokenflow_stem": tokenflow_graph,
@@ -257,6 +323,8 @@ GRAPHS = {
     "long_clip_tokenflow": long_clip_graph,
     "vhs_tokenflow": vhs_graph,
     "core_video_tokenflow": core_video_graph,
+    "videoshop_edit_first_frame": videoshop_edit_first_frame_graph,
+    "videoshop_sd15_first_frame_edit": videoshop_sd15_first_frame_edit_graph,
 }
 GROUP_ORDER = ("Load", "Invert", "Edit", "Reconstruct", "Output")
 

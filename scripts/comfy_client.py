@@ -727,7 +727,9 @@ def queue_and_wait(server: Any, workflow: Dict[str, dict], timeout: Optional[flo
     Returns {"prompt_id", "node_errors" (outputs the server refused but did not need),
     "outputs" (history outputs by node id), "executed" (outputs as they
     arrived on the websocket), "files" (filename/subfolder/type/node dicts), "texts" ((node, text)
-    pairs of `text` UI outputs), "downloaded" (local paths), "elapsed_s"}.
+    pairs of `text` UI outputs), "downloaded" (local paths), "elapsed_s", "cached" (ids of the nodes the server
+    reused from an earlier run), "ran" (ids of the nodes that executed, in order), "progress" ((node, value, max) of every progress message, in order),
+    "previews" (binary preview images received while each node ran, by node id)}.
     Raises PromptRejected, ExecutionFailed, ExecutionInterrupted, RunTimeout or WorkflowError.
     """
     import websocket  # websocket-client; imported here so the rest works without it
@@ -760,6 +762,11 @@ def queue_and_wait(server: Any, workflow: Dict[str, dict], timeout: Optional[flo
     prompt_id = None
     running = False
     executed: Dict[str, Any] = {}
+    cached: List[str] = []
+    ran: List[str] = []
+    steps: List[Tuple[str, int, int]] = []
+    previews: Dict[str, int] = {}
+    current = None
     try:
         status, raw = _http("POST", f"{http}/prompt", {"prompt": workflow, "client_id": client_id},
                             timeout=remaining(60.0))
@@ -789,7 +796,9 @@ def queue_and_wait(server: Any, workflow: Dict[str, dict], timeout: Optional[flo
             except (websocket.WebSocketConnectionClosedException, ConnectionError, OSError) as e:
                 raise WorkflowError(f"the server closed the websocket during the run (did it crash?): {e}") from e
             if not isinstance(msg, str):
-                continue  # binary preview images
+                if running and current is not None:  # binary preview images (shown on the running node)
+                    previews[current] = previews.get(current, 0) + 1
+                continue
             try:
                 m = json.loads(msg)
             except ValueError:
@@ -802,6 +811,7 @@ def queue_and_wait(server: Any, workflow: Dict[str, dict], timeout: Optional[flo
                 running = True
             elif mtype == "execution_cached":
                 nodes = data.get("nodes") or []
+                cached.extend(str(n) for n in nodes)
                 if nodes:
                     progress.line(f"cached: {len(nodes)} node(s) reused from an earlier run")
             elif mtype == "executing":
@@ -810,11 +820,14 @@ def queue_and_wait(server: Any, workflow: Dict[str, dict], timeout: Optional[flo
                         break
                 else:
                     running = True
+                    current = str(data["node"])
+                    ran.append(current)
                     progress.executing(data["node"])
             elif mtype == "progress":
                 if pid is None and not running:
                     continue
                 progress.progress(data.get("node"), int(data.get("value", 0)), int(data.get("max", 0)))
+                steps.append((str(data.get("node") or current), int(data.get("value", 0)), int(data.get("max", 0))))
             elif mtype == "executed":
                 executed[str(data.get("node"))] = data.get("output")
             elif mtype == "execution_success":
@@ -856,6 +869,7 @@ def queue_and_wait(server: Any, workflow: Dict[str, dict], timeout: Optional[flo
     texts = _output_texts(outputs)
     downloaded = download_outputs(server, files, out_dir, timeout=remaining(120.0)) if out_dir else []
     return {"prompt_id": prompt_id, "node_errors": node_errors, "outputs": outputs, "executed": executed, "files": files,
-            "texts": texts, "downloaded": downloaded, "elapsed_s": time.monotonic() - t0}
+            "texts": texts, "downloaded": downloaded, "elapsed_s": time.monotonic() - t0,
+            "cached": cached, "ran": ran, "progress": steps, "previews": previews}
 
 

@@ -246,8 +246,19 @@ def context_for_mode(kv: torch.Tensor, frames: int, mode: str, site=None) -> tor
 
 def video_batch(batch: int, extra_options) -> Tuple[list, int]:
     """(cond_or_uncond list, frames per group) of one attention call, refusing a call that does not hold
-    the whole video when the video length is known (``extra_options["stem_video_frames"]``): STEM's
-    bases and the stores are statistics of ALL frames."""
+    the whole video: a context-window call (``extra_options["context_window"]``, set by current ComfyUI's
+    context windows) or, when the video length is known (``extra_options["stem_video_frames"]``), any other
+    frame count. STEM's bases and the stores are statistics of ALL frames."""
+    window = extra_options.get("context_window")
+    if window is not None:
+        # current ComfyUI's context windows (model_options["context_handler"]) set this for each window call
+        frames = getattr(window, "index_list", None)
+        raise STEMError(
+            f"the sampler runs the UNet on context windows ({len(frames) if frames is not None else '?'} frames per "
+            f"call), but STEM's bases and the FateZero / TokenFlow stores are statistics of every frame of the video "
+            f"at once", input_name="model",
+            fix="remove the Context Windows node from the model's path; to bound memory load fewer frames or a "
+                "smaller size, and set chunk_tokens on STEM Video Attention")
     cond_or_uncond = list(extra_options.get("cond_or_uncond", [0]))
     groups = max(1, len(cond_or_uncond))
     if batch % groups:

@@ -50,7 +50,7 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import MemoryBudgetError, VideoLoadError
+from .errors import MemoryBudgetError, STEMError, VideoLoadError
 from .memory import HEADROOM, gb, video_frames_bytes
 
 try:  # PyAV is optional: exact frame rates and audio
@@ -60,7 +60,7 @@ except Exception:  # pragma: no cover - exercised only without PyAV
 
 __all__ = [
     "VideoLoadError", "VideoClip", "load_video", "load_audio", "target_size", "resolve_in_input_dir",
-    "list_inputs", "content_hash", "write_video", "VIDEO_FORMATS", "VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "DEFAULT_FOLDER_FPS",
+    "list_inputs", "change_signature", "write_video", "VIDEO_FORMATS", "VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "DEFAULT_FOLDER_FPS",
     "DEFAULT_MAX_FRAMES", "MAX_SIDE", "SIZE_MODES",
 ]
 
@@ -687,26 +687,21 @@ def list_inputs(input_dir: Union[str, os.PathLike]) -> List[str]:
     return sorted(names)
 
 
-def content_hash(path: Union[str, os.PathLike]) -> str:
-    """sha256 hex of a file's bytes, or of a frame folder's image names and bytes (natural order)."""
+def change_signature(path: Union[str, os.PathLike]) -> str:
+    """What tells a changed input apart without reading it, as core LoadImage's and VideoHelperSuite's IS_CHANGED
+    do: a file's modification time (ns) and size; for a frame folder the name, modification time and size of every
+    image. Replacing or editing a file changes it; re-queueing leaves it equal. Costs one stat() per file."""
     path = Path(path)
-    h = hashlib.sha256()
-
-    def feed(p: Path):
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-
     if path.is_dir():
+        h = hashlib.sha256()
         for p in _folder_images(path):
-            h.update(p.name.encode("utf-8", "surrogateescape") + b"\0")
-            h.update(str(p.stat().st_size).encode() + b"\0")
-            feed(p)
-    elif path.is_file():
-        feed(path)
-    else:
-        raise VideoLoadError(f"video '{path}' not found; cannot hash it")
-    return h.hexdigest()
+            st = p.stat()
+            h.update(f"{p.name}\0{st.st_mtime_ns}\0{st.st_size}\0".encode("utf-8", "surrogateescape"))
+        return "folder:" + h.hexdigest()
+    if path.is_file():
+        st = path.stat()
+        return f"file:{st.st_mtime_ns}:{st.st_size}"
+    raise VideoLoadError(f"video '{path.name}' not found; cannot check whether it changed")
 
 
 # ----------------------------------------------------------------------------- writing
@@ -730,50 +725,106 @@ def _frames_uint8(frames) -> np.ndarray:
 def write_video(frames, path: Union[str, os.PathLike], fps: float, *, format: str = "mp4", crf: int = 19,
                 audio: Optional[dict] = None, metadata: Optional[Dict[str, str]] = None,
                 faststart: bool = True, on_frame: Optional[Callable[[], None]] = None) -> str:
-    """Write IMAGE frames [N, H, W, 3] (0..1 floats or uint8) as a video the browser plays.
+    """Write IMAGE frames [N, H, W, 3] (0..1 floats or uint8) as a video the browser plays. The pack's one writer.
 
     format "mp4": H.264 (libx264, yuv420p, ``crf`` 0-51, odd sides padded by one edge pixel) with the optional
-    AUDIO ({"waveform" [1, C, T], "sample_rate"}) as AAC trimmed to the frames' duration, and ``metadata``
-    (e.g. {"comment": workflow JSON}) in the container; ``faststart`` puts the index first, so a browser starts
-    playing before the whole file has arrived. "webp" / "gif": animated images (Pillow), looping,
-    with ``metadata`` in the WEBP's EXIF as ComfyUI's own SaveAnimatedWEBP stores prompt and workflow.
+    AUDIO ({"waveform" [B, C, S] or [C, S], "sample_rate"}; first batch item, at most 2 channels) as AAC trimmed
+    to the frames' duration N / fps, and ``metadata`` ({"prompt": json, "workflow": json, ...}) as mp4 metadata
+    keys (``movflags use_metadata_tags``, as core ComfyUI's Save Video writes them; current frontends load a
+    dropped mp4's workflow from the keys ``prompt`` / ``workflow``). ``faststart`` puts the index first, so a
+    browser starts playing before the whole file has arrived. "webp" / "gif": animated images (Pillow), looping,
+    no sound; ``metadata`` goes into the WEBP's EXIF as ComfyUI's SaveAnimatedWEBP stores it ("prompt:{json}" in
+    0x0110 Model, every other key as "key:{json}" from 0x010F Make down), which both frontends read back.
     on_frame() is called after each encoded frame (progress / Cancel). Returns the path.
+    Bad arguments raise STEMError naming the argument (format, fps, crf, audio, images).
     """
     if format not in VIDEO_FORMATS:
-        raise VideoLoadError(f"format must be one of {VIDEO_FORMATS}, got {format!r}")
-    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
-        raise VideoLoadError(f"fps must be a number > 0, got {fps!r}")
+        raise STEMError(f"must be one of {', '.join(VIDEO_FORMATS)}, got {format!r}", input_name="format")
+    if isinstance(fps, bool) or not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise STEMError(f"must be a number of frames per second > 0, got {fps!r}", input_name="fps",
+                        fix="connect STEM Load Video's fps or type the clip's rate")
+    if isinstance(crf, bool) or not isinstance(crf, (int, np.integer)) or not 0 <= int(crf) <= 51:
+        raise STEMError(f"must be a whole number from 0 to 51, got {crf!r}", input_name="crf",
+                        fix="0 is lossless, 17-23 look clean (19 is the default), higher is smaller and blurrier")
     rgb = _frames_uint8(frames)
-    if rgb.ndim != 4 or rgb.shape[0] < 1:
-        raise VideoLoadError(f"frames must be [N, H, W, 3] with N >= 1, got shape {tuple(rgb.shape)}")
+    if rgb.ndim != 4 or rgb.shape[0] < 1 or rgb.shape[-1] != 3:
+        raise STEMError(f"expected an IMAGE batch [frames, height, width, 3] with at least one frame, got shape "
+                        f"{tuple(rgb.shape)}", input_name="images")
+    wave = None
+    if audio is not None and format == "mp4":
+        wave = _audio_for_aac(audio, rgb.shape[0] / float(_rate(fps)))
     path = str(path)
     if format == "mp4":
-        _write_mp4(rgb, path, fps, crf, audio, metadata or {}, faststart, on_frame)
+        _write_mp4(rgb, path, fps, int(crf), wave, metadata or {}, faststart, on_frame)
     else:
         _write_animation(rgb, path, fps, format, metadata or {}, on_frame)
     return path
 
 
-def _write_mp4(rgb, path, fps, crf, audio, metadata, faststart, on_frame):
+def _rate(fps: float) -> Fraction:
+    return Fraction(fps).limit_denominator(100000)
+
+
+# sample rates FFmpeg's AAC encoder accepts
+AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+
+
+def _audio_for_aac(audio, seconds: float):
+    """AUDIO {"waveform": [B, C, S] (or [C, S]), "sample_rate": int} -> (float32 [C<=2, S'] trimmed to ``seconds``,
+    rate), or None when no sample is left. The first batch item and at most two channels are kept; a rate AAC
+    cannot take (e.g. 37 kHz) is resampled linearly to 48 kHz. Anything else raises STEMError (input "audio")."""
+    fix = "connect the audio output of STEM Load Video (or any ComfyUI AUDIO), or leave audio unconnected"
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        got = type(audio).__name__ + (f" with keys {sorted(audio)}" if isinstance(audio, dict) else "")
+        raise STEMError(f"expected ComfyUI AUDIO {{'waveform': [batch, channels, samples], 'sample_rate': int}}, "
+                        f"got {got}", input_name="audio", fix=fix)
+    wave = audio["waveform"]
+    if isinstance(wave, torch.Tensor):
+        wave = wave.detach().cpu().float().numpy()
+    else:
+        try:
+            wave = np.asarray(wave, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise STEMError(f"waveform must be a tensor, got {type(wave).__name__}", input_name="audio", fix=fix)
+    if wave.ndim == 3:
+        wave = wave[0]
+    rate = audio["sample_rate"]
+    if wave.ndim != 2 or wave.shape[0] < 1:
+        raise STEMError(f"waveform must be [batch, channels, samples], got shape {tuple(wave.shape)}",
+                        input_name="audio", fix=fix)
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+        raise STEMError(f"sample_rate must be a positive whole number of Hz, got {rate!r}", input_name="audio",
+                        fix=fix)
+    rate = int(rate)
+    wave = wave[:2, : max(0, int(round(seconds * rate)))]
+    if wave.shape[1] == 0:
+        return None
+    if rate not in AAC_RATES:
+        target = 48000
+        t_out = np.arange(int(round(wave.shape[1] * target / rate))) * (rate / target)
+        wave = np.stack([np.interp(t_out, np.arange(wave.shape[1]), ch) for ch in wave])
+        rate = target
+    return np.ascontiguousarray(np.clip(np.nan_to_num(wave), -1.0, 1.0), dtype=np.float32), rate
+
+
+def _write_mp4(rgb, path, fps, crf, wave, metadata, faststart, on_frame):
     if av is None:
-        raise VideoLoadError("writing mp4 needs PyAV (pip install av)")
+        raise STEMError("writing mp4 needs PyAV", input_name="format", fix="pip install av, or choose webp / gif")
     n, h, w, _ = rgb.shape
     pad_h, pad_w = h % 2, w % 2  # yuv420p needs even sides
-    rate = Fraction(fps).limit_denominator(100000)
-    with av.open(path, mode="w", format="mp4", options={"movflags": "+faststart"} if faststart else {}) as container:
+    # use_metadata_tags: arbitrary keys (prompt, workflow) as mdta entries instead of dropping them
+    flags = "use_metadata_tags" + ("+faststart" if faststart else "")
+    with av.open(path, mode="w", format="mp4", options={"movflags": flags}) as container:
         for key, value in metadata.items():
             container.metadata[key] = str(value)
-        stream = container.add_stream("libx264", rate=rate)
+        stream = container.add_stream("libx264", rate=_rate(fps))
         stream.width, stream.height, stream.pix_fmt = w + pad_w, h + pad_h, "yuv420p"
         stream.options = {"crf": str(int(crf))}
         audio_stream = None
-        if audio is not None:
-            wave = audio["waveform"][0].detach().cpu().float().numpy()  # [C, T]
-            sample_rate = int(audio["sample_rate"])
-            wave = wave[:, : int(round(n / float(rate) * sample_rate))]
-            if wave.shape[1] > 0:
-                audio_stream = container.add_stream("aac", rate=sample_rate)
-                audio_stream.layout = "stereo" if wave.shape[0] > 1 else "mono"
+        if wave is not None:
+            samples, sample_rate = wave
+            audio_stream = container.add_stream("aac", rate=sample_rate)
+            audio_stream.layout = "stereo" if samples.shape[0] > 1 else "mono"
         for frame in rgb:
             if pad_h or pad_w:
                 frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
@@ -784,13 +835,12 @@ def _write_mp4(rgb, path, fps, crf, audio, metadata, faststart, on_frame):
         for packet in stream.encode():
             container.mux(packet)
         if audio_stream is not None:
-            channels = 2 if wave.shape[0] > 1 else 1
-            planar = np.ascontiguousarray(wave[:channels].astype(np.float32))
             chunk = 1024
-            for start in range(0, planar.shape[1], chunk):
-                block = av.AudioFrame.from_ndarray(planar[:, start:start + chunk], format="fltp",
-                                                   layout=audio_stream.layout.name)
-                block.sample_rate = audio_stream.rate
+            for start in range(0, samples.shape[1], chunk):
+                block = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + chunk]),
+                                                   format="fltp", layout=audio_stream.layout.name)
+                block.sample_rate = sample_rate
+                block.pts = start
                 for packet in audio_stream.encode(block):
                     container.mux(packet)
             for packet in audio_stream.encode():
@@ -809,9 +859,14 @@ def _write_animation(rgb, path, fps, format, metadata, on_frame):
     kwargs = {"save_all": True, "append_images": images[1:], "duration": duration, "loop": 0}
     if format == "webp":
         exif = Image.Exif()
-        for i, (key, value) in enumerate(metadata.items()):
-            # ComfyUI's SaveAnimatedWEBP: 0x010f (Make) "workflow:{json}", 0x0110 (Model) "prompt:{json}"
-            exif[0x010F - i] = f"{key}:{value}"
+        tag = 0x010F
+        for key, value in metadata.items():
+            # ComfyUI's SaveAnimatedWEBP: 0x0110 (Model) "prompt:{json}", then 0x010F (Make) "workflow:{json}", ...
+            if key == "prompt":
+                exif[0x0110] = f"{key}:{value}"
+            else:
+                exif[tag] = f"{key}:{value}"
+                tag -= 1
         images[0].save(path, format="WEBP", lossless=False, quality=90, exif=exif, **kwargs)
     else:
         images[0].save(path, format="GIF", optimize=False, **kwargs)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from comfyui_stem.stem_core import video_io
-from comfyui_stem.stem_core.video_io import (VideoLoadError, content_hash, list_inputs, load_video, resolve_in_input_dir,
+from comfyui_stem.stem_core.video_io import (VideoLoadError, change_signature, list_inputs, load_video, resolve_in_input_dir,
                                 target_size)
 
 
@@ -325,20 +325,26 @@ def test_list_inputs(tmp_path, clips):
     assert list_inputs(tmp_path / "missing") == []
 
 
-def test_content_hash(tmp_path, clips):
+def test_change_signature(tmp_path, clips):
     p = tmp_path / "v.mp4"
     p.write_bytes(b"first")
-    h1 = content_hash(p)
-    q = tmp_path / "w.mp4"
-    q.write_bytes(b"first")
-    assert content_hash(q) == h1  # identical content, identical hash
-    p.write_bytes(b"second")
-    assert content_hash(p) != h1
+    s1 = change_signature(p)
+    assert change_signature(p) == s1  # nothing touched, nothing changed
+    os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 1_000_000))
+    assert change_signature(p) != s1  # touched (same bytes): re-run, as core LoadImage does
+    s2 = change_signature(p)
+    mtime = p.stat().st_mtime_ns
+    p.write_bytes(b"second, longer")
+    os.utime(p, ns=(mtime, mtime))  # same mtime, other size
+    assert change_signature(p) != s2
     d = tmp_path / "frames"
     shutil.copytree(clips / "car-turn", d)
-    hd = content_hash(d)
-    assert hd == content_hash(clips / "car-turn")
+    sd = change_signature(d)
+    assert change_signature(d) == sd
     (d / "00003.png").write_bytes((d / "00004.png").read_bytes())
-    assert content_hash(d) != hd
+    assert change_signature(d) != sd
+    sd = change_signature(d)
+    (d / "00004.png").unlink()
+    assert change_signature(d) != sd
     with pytest.raises(VideoLoadError):
-        content_hash(tmp_path / "missing.mp4")
+        change_signature(tmp_path / "missing.mp4")

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -276,7 +277,11 @@ def test_workflow_in_browser(page, server, server_input, run, path):
     # 3. the editor's API prompt equals the API twin (inputs and class types) ...
     prompt = res["output"]
     twin = load_api(name)
-    strip = lambda wf: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in wf.items()}  # noqa: E731
+    # the pinned editor also sends the value of Load Image's upload button (an image_upload widget of the UI)
+    ui_widget = {t for t, spec in info.items() if any(s[2].get("image_upload") for s in input_specs(spec["input"]))}
+    strip = lambda wf: {k: {"class_type": v["class_type"], "inputs": {  # noqa: E731
+        i: x for i, x in v["inputs"].items() if not (i == "upload" and v["class_type"] in ui_widget)}}
+        for k, v in wf.items()}
     assert strip(prompt) == strip(twin), (
         f"{name}: the editor's prompt differs from workflows/api/{name}.json:\n"
         + "\n".join(f"  node {k}: editor {strip(prompt).get(k)} vs twin {strip(twin).get(k)}"
@@ -287,7 +292,12 @@ def test_workflow_in_browser(page, server, server_input, run, path):
     if any(v["class_type"] == "LoadVideo" for v in prompt.values()):
         return
     video = server_input("wolf.mp4")
-    result = run(small(json.loads(json.dumps(prompt)), video), timeout=300)
+    queued = small(json.loads(json.dumps(prompt)), video)
+    for u in ui["nodes"]:
+        if u["type"] == cc.IMAGE_LOADER and cc.EDITED_FRAME_MARK in (u.get("title") or "").lower():
+            # the Videoshop workflows' edited first frame: any picture of the input folder does for the plumbing
+            queued[str(u["id"])]["inputs"]["image"] = server_input("car-turn") + "/00000.png"
+    result = run(queued, timeout=300)
     assert result["prompt_id"] and not result["node_errors"]
     print(f"{name}: {len(res['nodes'])} nodes, {res['links']} links, screenshot {len(shot)} bytes, "
           f"ran in {result['elapsed_s']:.1f} s")
@@ -308,6 +318,22 @@ SETTINGS_JS = r"""
 """
 
 
+LOADER_INTO_JS = r"""
+(async (spec) => {
+  app.graph.clear();
+  const load = LiteGraph.createNode('STEMVideoLoad'), target = LiteGraph.createNode(spec.target);
+  load.pos = [50, 100]; target.pos = [450, 100];
+  if (spec.size) target.size = spec.size;
+  app.graph.add(load); app.graph.add(target);
+  for (const [node, values] of [[load, spec.load], [target, spec.values]])
+    for (const [name, v] of Object.entries(values)) node.widgets.find(w => w.name === name).value = v;
+  for (const [slot, input] of spec.links) load.connect(slot, target, input);
+  await app.queuePrompt(0, 1);
+  return target.id;
+})
+"""
+
+
 def test_seeds_start_fixed_and_old_values_migrate(page):
     """web/stem.js in the real editor: a new STEM node's seed control is "fixed" (core nodes keep their stock
     default), and widget values saved by the previous version (with a steps widget) land in the right widgets."""
@@ -317,3 +343,115 @@ def test_seeds_start_fixed_and_old_values_migrate(page):
     assert res["core"] != "fixed"  # the extension touches STEM nodes only
     assert {k: res["values"][k] for k in ("cfg", "pnp_f_t", "pnp_attn_t", "chunk_size", "seed", "blend")} == \
         {"cfg": 6.5, "pnp_f_t": 0.75, "pnp_attn_t": 0.45, "chunk_size": 6, "seed": 123, "blend": "released"}
+
+
+def _queue_loader_into(page, target, load, values, links, size=None):
+    """Build STEM Load Video -> ``target`` in the editor (widget values by name, links as (loader output slot,
+    target input name)), queue it from the editor like the Queue button, and return the target's node id."""
+    spec = {"target": target, "load": load, "values": values, "links": links, "size": size}
+    node_id = page.js(f"{LOADER_INTO_JS}({json.dumps(spec)})", timeout=60)
+    page.js(FIT_JS)
+    return node_id
+
+
+PREVIEW_STATE_JS = r"""
+((id) => {
+  app.canvas.draw(true, true);
+  const node = app.graph.getNodeById(id);
+  const out = app.nodeOutputs[id];
+  const widget = node.widgets?.find(w => w.name === '$$comfy_animation_preview');
+  const imgs = widget ? [...widget.element.querySelectorAll('img')] : [];
+  return {output: out ?? null,
+          imgs: imgs.map(i => { const r = i.getBoundingClientRect();
+                                return {src: i.src, complete: i.complete, w: i.naturalWidth, h: i.naturalHeight,
+                                        shown: r.width > 0, rect: [r.x, r.y, r.width, r.height]}; })};
+})
+"""
+
+
+def test_save_video_preview_plays(page, server, server_input, tmp_path):
+    """STEM Save Video in the stock (pinned) editor: queued from the editor, its result shows as an animated
+    <img> (the pinned frontend plays animated WEBPs, it has no <video>), and the saved mp4 is H.264 + AAC."""
+    import av
+    page.events.clear()
+    node_id = _queue_loader_into(
+        page, "STEMSaveVideo", {"video": server_input("man-skiing.mp4"), "custom_width": 64, "frame_load_cap": 12},
+        {"fps": 29.97, "filename_prefix": "STEM_browser/preview", "format": "mp4"}, [(0, "images"), (3, "audio")],
+        size=[360, 420])
+    deadline, state = time.monotonic() + 180, None
+    while time.monotonic() < deadline:
+        state = page.js(f"{PREVIEW_STATE_JS}({node_id})")
+        if any(i["complete"] and i["w"] > 0 for i in state["imgs"]):
+            break
+        time.sleep(0.5)
+    assert state and state["output"], f"STEM Save Video produced no UI output in the editor; page errors {page.errors()}"
+    shown = [i for i in state["imgs"] if i["complete"] and i["w"] > 0]
+    assert shown, f"no loaded preview image on the node: {state}"
+    img = shown[0]
+    assert ".webp" in img["src"] and "preview=" not in img["src"] and img["shown"], img  # served raw: it animates
+    assert (img["w"], img["h"]) == (64, 64)
+    data = _NO_PROXY.open(img["src"], timeout=30).read()
+    from PIL import Image
+    anim = Image.open(io.BytesIO(data))
+    assert anim.is_animated and anim.n_frames == 12
+    # playing: the pixels on screen change over time (12 frames at ~30 fps loop in 0.4 s)
+    x, y, w, h = img["rect"]
+    shots = set()
+    for _ in range(6):
+        shots.add(page.call("Page.captureScreenshot", format="png",
+                            clip={"x": x, "y": y, "width": w, "height": h, "scale": 1})["data"])
+        time.sleep(0.13)
+    assert len(shots) >= 2, "the preview shows the same picture for 0.8 s: it does not play"
+
+    saved = state["output"]["stem_video"][0]
+    query = urllib.parse.urlencode({k: saved[k] for k in ("filename", "subfolder", "type")})
+    mp4 = tmp_path / saved["filename"]
+    mp4.write_bytes(_NO_PROXY.open(f"http://{server.address}/view?{query}", timeout=30).read())
+    with av.open(str(mp4)) as c:
+        assert c.streams.video[0].codec_context.name == "h264" and c.streams.audio[0].codec_context.name == "aac"
+        frames = sum(1 for _ in c.decode(video=0))
+    with av.open(str(mp4)) as c:
+        audio_s = sum(f.samples for f in c.decode(audio=0)) / c.streams.audio[0].rate
+    assert frames == 12 and abs(audio_s - 12 / 29.97) <= 1 / 29.97  # within one frame
+    _screenshot(page, "save_video_preview")
+    print(f"preview {img['w']}x{img['h']} animated webp ({anim.n_frames} frames, {len(shots)} distinct pictures in 6 "
+          f"screenshots) on the node; mp4 h264+aac, "
+          f"{frames} frames, audio {audio_s:.3f} s")
+
+
+METRICS_STATE_JS = r"""
+((id) => {
+  app.canvas.draw(true, true);
+  const node = app.graph.getNodeById(id);
+  const report = node.widgets?.find(w => w.name === 'stem_report');
+  const el = report?.inputEl ?? report?.element;
+  const r = el?.getBoundingClientRect();
+  const p = (async () => (await app.graphToPrompt()).output[id].inputs)();
+  return p.then(inputs => ({
+    text: el?.value ?? null, readOnly: el?.readOnly ?? null, visible: !!r && r.width > 0 && r.height > 0,
+    imgs: (node.imgs || []).map(i => ({src: i.src, w: i.naturalWidth})), promptInputs: Object.keys(inputs)}));
+})
+"""
+
+
+def test_metrics_report_text_and_curve_on_node(page, server_input):
+    """STEM Video Metrics in the pinned editor: the report shows as read-only text on the node (web/stem_text.js),
+    is not sent back with the prompt, and the per-frame curve is drawn as the node's image."""
+    page.events.clear()
+    node_id = _queue_loader_into(
+        page, "STEMVideoMetrics", {"video": server_input("wolf.mp4"), "custom_width": 64, "frame_load_cap": 6},
+        {"label": "browser probe", "filename_prefix": "STEM_browser/metrics"}, [(0, "source"), (0, "result")])
+    deadline, state = time.monotonic() + 120, None
+    while time.monotonic() < deadline:
+        state = page.js(f"{METRICS_STATE_JS}({node_id})")
+        if state["text"] and any(i["w"] > 0 for i in state["imgs"]):
+            break
+        time.sleep(0.5)
+    assert state["text"], f"no report text on the node: {state}; page errors {page.errors()}"
+    assert "browser probe" in state["text"] and "psnr" in state["text"].lower()
+    assert state["readOnly"] is True and state["visible"]
+    assert "stem_report" not in state["promptInputs"], state["promptInputs"]
+    assert any(i["w"] == 800 for i in state["imgs"]), f"the curve is not drawn on the node: {state['imgs']}"
+    _screenshot(page, "metrics_report")
+    assert not [e for e in page.errors() if "favicon" not in str(e)], page.errors()
+    print(f"metrics report on the node: {len(state['text'].splitlines())} lines; curve {state['imgs'][0]['w']} px wide")

@@ -9,7 +9,9 @@ from tests.e2e.conftest import load_api
 import comfy_client as cc  # noqa: E402
 
 OUR_NODES = {"STEMVideoLoad", "STEMBasisEstimate", "STEMInvert", "STEMReconstruct", "STEMVideoMetrics",
-             "STEMSaveVideo", "STEMTinyTestModel", "STEMTokenFlowEdit", "STEMAttentionStore", "STEMFateZeroEdit"}
+             "STEMSaveVideo", "STEMTinyTestModel", "STEMTokenFlowEdit", "STEMAttentionStore", "STEMFateZeroEdit",
+             "STEMVideoshopConditioning", "STEMVideoshopInvert", "STEMVideoshopEdit", "STEMMatchLatentStatistics",
+             "STEMVideoshopSeamReport", "STEMTinySVDModel"}
 
 
 def small(workflow, video, frames=6, size=64, steps=4):

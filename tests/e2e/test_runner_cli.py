@@ -16,6 +16,8 @@ import comfy_client as cc  # noqa: E402
 
 RUNNER = REPO / "scripts" / "run_workflow.py"
 API_FILES = sorted((REPO / "workflows" / "api").glob("*.json"))
+VIDEOSHOP_FILES = [p for p in API_FILES if "ImageOnlyCheckpointLoader" in p.read_text()]
+SD15_FILES = [p for p in API_FILES if p not in VIDEOSHOP_FILES]
 
 
 def cli(*args, timeout=900):
@@ -39,12 +41,35 @@ def expected_width(video):
     return 3 * 64 + 2 * 4 if video.name.startswith("tokenflow_comparison") else 64
 
 
+@pytest.fixture(scope="module")
+def edited_frame_on_disk(tmp_path_factory):
+    """An 'edited first frame' outside ComfyUI's input folder: the clip's first frame with a green patch, at
+    another size than the clip (the workflow's conditioning resizes it)."""
+    from PIL import Image
+
+    from demo_clip import demo_frames
+    frame = demo_frames(1, 96, seed=3)[0].copy()
+    frame[20:50, 10:40] = (30, 220, 60)
+    path = tmp_path_factory.mktemp("edits") / "my edit.png"
+    Image.fromarray(frame).save(path)
+    return path
+
+
+def edited_frame_args(path, image):
+    """--edited-frame for the workflows that load one (a LoadImage titled 'edited first frame')."""
+    wf = json.loads(path.read_text())
+    marked = [n for n in wf.values() if n["class_type"] == "LoadImage"
+              and "edited first frame" in n.get("_meta", {}).get("title", "").lower()]
+    return ["--edited-frame", image] if marked else []
+
+
 @pytest.mark.parametrize("path", API_FILES, ids=[p.stem for p in API_FILES])
-def test_every_workflow_runs_from_the_command_line(server, clip_on_disk, tmp_path, path):
+def test_every_workflow_runs_from_the_command_line(server, clip_on_disk, edited_frame_on_disk, tmp_path, path):
     from comfyui_stem.stem_core.video_io import load_video
     skip_without_optional_nodes(_known(server), json.loads(path.read_text()))
     res = cli(path, "--server", server.address, "--tiny-model", "--video", clip_on_disk, "--frames", 2,
-              "--size", "64x64", "--steps", 2, "--out", tmp_path, "--quiet")
+              "--size", "64x64", "--steps", 2, "--out", tmp_path, "--quiet",
+              *edited_frame_args(path, edited_frame_on_disk))
     assert res.returncode == 0, f"{path.name}: exit {res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
     videos = sorted(tmp_path.rglob("*.mp4"))
     assert videos, f"{path.name}: no video written: {res.stdout[-1000:]}"
@@ -88,10 +113,37 @@ def full_size_checkpoint(server):
     return install_into(COMFYUI_DIR, random_sd15_checkpoint())
 
 
-@pytest.mark.parametrize("path", API_FILES, ids=[p.stem for p in API_FILES])
+@pytest.mark.parametrize("path", VIDEOSHOP_FILES, ids=[p.stem for p in VIDEOSHOP_FILES])
+def test_videoshop_workflows_propagate_an_edited_frame_on_the_tiny_svd_model(server, clip_on_disk,
+                                                                            edited_frame_on_disk, tmp_path, path):
+    """The issue's command: `run_workflow.py <videoshop workflow> --tiny-model --video clip.mp4 --edited-frame f.png
+    --frames 8 --size 64x64 --steps 4` exits 0 and writes an 8-frame video (tiny random SVD: plumbing, not an
+    edit), with the metrics against the source and the seam report."""
+    from comfyui_stem.stem_core.video_io import load_video
+    clip8 = tmp_path / "clip8.mp4"
+    from demo_clip import make_demo_clip
+    make_demo_clip(str(clip8), frames=8, size=96, fps=10, seed=3)
+    out = tmp_path / "out"
+    res = cli(path, "--server", server.address, "--tiny-model", "--video", clip8, "--frames", 8, "--size", "64x64",
+              "--steps", 4, "--out", out, *edited_frame_args(path, edited_frame_on_disk))
+    assert res.returncode == 0, f"{path.name}: exit {res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+    videos = sorted(out.rglob("*.mp4"))
+    assert len(videos) == 1, videos
+    clip = load_video(videos[0])
+    assert clip.frame_count == 8 and (clip.width, clip.height) == (64, 64), clip.describe()
+    assert math.isfinite(float(clip.frames.sum()))
+    reports = [json.loads(p.read_text()) for p in out.rglob("*.json")]
+    assert len(reports) == 1 and len(reports[0]["metrics"]["psnr"]["per_frame"]) == 8
+    assert "one window: no seams" in res.stdout, res.stdout[-3000:]
+    assert "Videoshop inversion: 8 frames, 64x64, 2 of 4 Euler steps" in res.stdout and "Videoshop edit:" in res.stdout
+    assert "TINY RANDOM TEST MODEL" in res.stdout
+
+
+@pytest.mark.parametrize("path", SD15_FILES, ids=[p.stem for p in SD15_FILES])
 def test_every_workflow_on_a_full_size_checkpoint(server, clip_on_disk, full_size_checkpoint, tmp_path, path):
     """The user's path: --checkpoint with the real SD1.5 architecture (random weights: the values are noise, the
-    shapes, loaders and the real VAE are real). Outputs exist, frame counts match, values are finite."""
+    shapes, loaders and the real VAE are real). Outputs exist, frame counts match, values are finite. The
+    Videoshop workflows need an SVD checkpoint (--video-checkpoint), not this SD1.5 one."""
     from comfyui_stem.stem_core.video_io import load_video
     skip_without_optional_nodes(_known(server), json.loads(path.read_text()))
     res = cli(path, "--server", server.address, "--checkpoint", full_size_checkpoint, "--video", clip_on_disk,
