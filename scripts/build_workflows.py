@@ -434,7 +434,7 @@ def main(argv=None):
         (REPO / "example_workflows" / f"{name}.json").write_text(text)
         (REPO / "workflows" / f"{name}.json").write_text(text)
         (REPO / "workflows" / "api" / f"{name}.json").write_text(json.dumps(api, indent=1) + "\n")
-        render_thumbnail(ui, name).save(REPO / "example_workflows" / f"{name}.jpg", quality=85)
+        render_thumbnail(ui, name).save(REPO / "example_workflows" / f"{name}.jpg", quality=95)
         print(f"wrote example_workflows/{name}.json (+ .jpg), workflows/{name}.json, workflows/api/{name}.json")
 
 
