@@ -59,7 +59,7 @@ def test_invert_and_tokenflow_send_previews(node, tiny, source, previews_on, upd
         inversion = _check(list(updates), traj.steps, latent["samples"].shape[-2:])
         updates.clear()
         target = node("CLIPTextEncode").encode(clip, "a marble sculpture of a wolf")[0]
-        node("STEMTokenFlowEdit").edit(stem, traj, target, cond, STEPS, 7.5, 0.8, 0.5, 4, 1)
+        node("STEMTokenFlowEdit").edit(stem, traj, target, cond, 7.5, 0.8, 0.5, 4, 1)
     editing = _check(list(updates), traj.steps, latent["samples"].shape[-2:])
     # each step previews its own prediction (a stale or fixed latent would give one picture)
     for pictures in (inversion, editing):
