@@ -4,7 +4,6 @@ import json
 import math
 
 import av
-import numpy as np
 import pytest
 import torch
 from PIL import Image
