@@ -155,3 +155,39 @@ def test_denoiser_receives_scalar_sigma_tensor_and_per_sample_sigmas_work():
     x = torch.ones(2, 1, 1, 1)
     out = den(x, torch.tensor([0.0, 1.0]))
     torch.testing.assert_close(out.flatten(), torch.tensor([1.0, 0.5]))
+
+
+def test_ddim_endpoints_symmetric():
+    """Issue 11, item 2, on the core functions (tests/host/test_stem_invert.py has the same check through the
+    nodes): inversion and sampling are mirror images of ONE schedule. Inversion starts from the clean latent at
+    sigma 0, where sampling ends; the denoiser is called at the same sigmas in both directions, index by index
+    (inversion step i at its destination sigma, sampling step N-1-i at the same sigma); and with the analytic
+    Gaussian-data denoiser, for which DDIM is exact in the limit, the round-trip error is first order in 1/steps
+    with no floor (measured: 18.9% / 3.8% / 0.95% of the latents' RMS at 10 / 50 / 200 steps)."""
+    x0 = clean_latents()
+    errors = []
+    for steps in (10, 50, 200):
+        sampling = sd15_ddim_uniform(steps)
+        inversion = inversion_sigmas(sampling)
+        assert float(inversion[0]) == float(sampling[-1]) == 0.0, "inversion must start where sampling ends"
+        assert inversion[1:].tolist() == pytest.approx(sampling[:-1].flip(0).tolist(), rel=1e-6)
+        oracle = GaussianDataDenoiser(MEAN, STD)
+        called = []
+
+        def denoise(x, sigma):
+            called.append(float(sigma))
+            return oracle(x, sigma)
+
+        x_T, latents = ddim_invert(denoise, x0, inversion)
+        at_inversion = list(called)
+        called.clear()
+        x_rec, _ = ddim_sample(denoise, x_T, sampling)
+        at_sampling = list(called)
+        assert latents[0] is x0
+        assert at_sampling == pytest.approx(sampling[:-1].tolist(), rel=1e-6)
+        assert at_inversion[::-1] == pytest.approx(at_sampling, rel=1e-6), \
+            f"{steps} steps: inversion calls the model at {at_inversion[:3]}..., sampling at {at_sampling[::-1][:3]}..."
+        errors.append(((x_rec - x0) ** 2).mean().sqrt().item() / (x0 ** 2).mean().sqrt().item())
+    assert errors[1] < errors[0] / 3 and errors[2] < errors[1] / 3, errors
+    assert errors[2] < 0.015, errors
+    assert errors[2] * 200 == pytest.approx(errors[1] * 50, rel=0.3), errors  # first order: no floor
