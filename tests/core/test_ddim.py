@@ -191,3 +191,68 @@ def test_ddim_endpoints_symmetric():
     assert errors[1] < errors[0] / 3 and errors[2] < errors[1] / 3, errors
     assert errors[2] < 0.015, errors
     assert errors[2] * 200 == pytest.approx(errors[1] * 50, rel=0.3), errors  # first order: no floor
+
+
+def relative_rms(a, b):
+    return ((a - b) ** 2).mean().sqrt().item() / (b ** 2).mean().sqrt().item()
+
+
+def test_extrapolated_inversion_on_gaussian_data():
+    """Noise extrapolation (issue 13, "What to build" 3: Videoshop's rule on SD1.5 DDIM) does what the maths says.
+
+    The maths: for data N(m, sd^2) the probability-flow ODE dx/ds = (x - D(x, s)) / s has the paths
+    x(s) = m + (x0 - m) sqrt(sd^2 + s^2) / sd, hyperbolas in sigma that are straight only where s >> sd. Above
+    sigma 1 extrapolation guesses the model input at s' on the straight line through the clean latent z,
+    x_hat = z + (x - z) s' / s, and keeps the DDIM update x' = x + (s' - s) eps(x_hat, s'); at or below sigma 1 the
+    step is plain DDIM inversion. Hence:
+    - it costs no model call and evaluates the model at the same sigmas as plain inversion;
+    - for point-like data (sd -> 0: every path z + s c is straight) every extrapolated step lands exactly on the
+      ODE path through the state it started from, at any step count; plain DDIM inversion does not;
+    - for wide data the straight line is a first-order guess: the round trip still converges with no floor,
+      and x_T lands closer to the exact ODE endpoint than plain inversion's."""
+    x0 = clean_latents()
+    sampling = sd15_ddim_uniform(50)
+    inversion = inversion_sigmas(sampling)
+    sig = [float(s) for s in inversion]
+    first = next(i for i, s in enumerate(sig) if s > 1.0)  # first step that extrapolates
+    runs = {}
+    for flag in (False, True):
+        oracle, seen = GaussianDataDenoiser(MEAN, STD), []
+
+        def denoise(x, sigma):
+            seen.append((float(sigma), x.clone()))
+            return oracle(x, sigma)
+
+        runs[flag] = seen, ddim_invert(denoise, x0, inversion, extrapolate=flag)[1]
+    (plain_calls, plain), (extra_calls, extra) = runs[False], runs[True]
+    assert [s for s, _ in extra_calls] == [s for s, _ in plain_calls] == sig[1:], "same sigmas, no extra call"
+    for i in range(first):
+        assert torch.equal(extra[i + 1], plain[i + 1]), f"step {i} at sigma {sig[i]:.3f} <= 1 must be plain DDIM"
+    for i in range(first, len(sig) - 1):
+        guess = x0 + (extra[i] - x0) * (sig[i + 1] / sig[i])
+        torch.testing.assert_close(extra_calls[i][1], guess, rtol=1e-12, atol=1e-12)
+    assert relative_rms(extra[-1], plain[-1]) > 1e-3
+
+    point_like = GaussianDataDenoiser(x0, 1e-6)  # data = the single point x0: straight ODE paths
+    for steps in (10, 50, 200):
+        sig = [float(s) for s in inversion_sigmas(sd15_ddim_uniform(steps))]
+        first = next(i for i, s in enumerate(sig) if s > 1.0)
+        for flag, exact in ((True, True), (False, False)):
+            latents = ddim_invert(point_like, x0, torch.tensor(sig, dtype=torch.float64), extrapolate=flag)[1]
+            straight = [x0 + (latents[first] - x0) * (s / sig[first]) for s in sig[first:]]
+            error = max(relative_rms(a, b) for a, b in zip(latents[first:], straight))
+            assert (error < 1e-8) if exact else (error > 1e-2), (steps, flag, error)
+
+    round_trip, endpoint = {True: [], False: []}, {True: [], False: []}
+    for steps in (10, 50, 200):
+        sampling = sd15_ddim_uniform(steps)
+        exact_x_T = MEAN + (x0 - MEAN) * math.sqrt(STD ** 2 + float(sampling[0]) ** 2) / STD
+        for flag in (False, True):
+            oracle = GaussianDataDenoiser(MEAN, STD)
+            x_T = ddim_invert(oracle, x0, inversion_sigmas(sampling), extrapolate=flag)[0]
+            round_trip[flag].append(relative_rms(ddim_sample(oracle, x_T, sampling)[0], x0))
+            endpoint[flag].append(relative_rms(x_T, exact_x_T))
+            assert oracle.calls == 2 * steps
+    errors = round_trip[True]
+    assert errors[1] < errors[0] / 3 and errors[2] < errors[1] / 3 and errors[2] < 0.015, errors
+    assert all(e < p for e, p in zip(endpoint[True], endpoint[False])), endpoint
