@@ -92,9 +92,15 @@ class STEMInvert:
             "source_conditioning": ("CONDITIONING", {"tooltip": "The source prompt describing the video."}),
             "steps": ("INT", {"default": 50, "min": 1, "max": host.MAX_STEPS, "tooltip":
                               "DDIM steps (paper: 50). Reconstruction and editing follow the inversion's steps."}),
+        }, "optional": {
+            "extrapolate": ("BOOLEAN", {"default": False, "tooltip":
+                "Videoshop's noise extrapolation: while sigma > 1 the model sees the next latent guessed on the "
+                "straight line from the clean latent, z + (x - z) * sigma_next / sigma, instead of the current one; "
+                "plain DDIM below. No extra model calls. Off: standard DDIM inversion (paper, FateZero, TokenFlow); "
+                "see the bench for its effect on reconstruction."}),
         }}
 
-    def invert(self, model, latent, source_conditioning, steps):
+    def invert(self, model, latent, source_conditioning, steps, extrapolate=False):
         host.require_sd15(model, self.TITLE)
         samples = host.check_latent(latent)
         host.check_conditioning(source_conditioning, model, "source_conditioning")
@@ -113,7 +119,8 @@ class STEMInvert:
             out, traj = host.run_guarded("STEM inversion", lambda: invert_video(
                 run, samples, host.ddim_sigmas(m, int(steps)), host.latent_scale(m), patch, hooks,
                 host.Progress(steps), requested_steps=int(steps), settings=settings,
-                source_conditioning=source_conditioning, store_dtype=host.model_dtype(m)))
+                source_conditioning=source_conditioning, store_dtype=host.model_dtype(m),
+                extrapolate=bool(extrapolate)))
         logging.info("[STEM] %s", traj.describe())
         return ({"samples": out}, traj, traj.describe())
 

@@ -234,7 +234,8 @@ def test_invert_extrapolate_option(node, tiny):
     """STEM Invert's extrapolate (issue 13, "What to build" 3): an optional input appended last, off by default.
     On, the model is called at the same sigmas and as often as without it (zero extra calls), the inputs above
     sigma 1 change and so does x_T; the choice is kept in the trajectory's settings and said in the info, and the
-    round trip through STEM Reconstruct still returns the source (Gaussian oracle, 10 steps)."""
+    round trip through STEM Reconstruct still returns the source (Gaussian oracle, 10 steps: measured 19.5% on,
+    18.5% off)."""
     inputs = node("STEMInvert").INPUT_TYPES()
     assert "extrapolate" not in inputs["required"] and list(inputs["optional"])[-1] == "extrapolate"
     assert inputs["optional"]["extrapolate"][0] == "BOOLEAN" and inputs["optional"]["extrapolate"][1]["default"] is False
@@ -256,4 +257,5 @@ def test_invert_extrapolate_option(node, tiny):
     assert rel_err(x_on, x_off) > 1e-3
     assert traj_off.settings["extrapolate"] is False and traj_on.settings["extrapolate"] is True
     assert "extrapolat" in info_on and "extrapolat" not in info_off
+    print("round trip, 10 steps: extrapolate off", err_off, "on", err_on)
     assert err_on < 0.25 and err_off < 0.25, (err_on, err_off)
