@@ -103,7 +103,12 @@ def inversion_model_input(clean: torch.Tensor, x: torch.Tensor, sigma: float, si
     at the next timestep, i.e. ``x * sqrt(1 + sigma_next^2) / sqrt(1 + sigma^2)`` in sigma space.
     With ``extrapolate`` and sigma > EXTRAPOLATION_MIN_SIGMA (Videoshop's noise extrapolation): the point at
     sigma_next on the straight line from the clean latent through x, ``clean + (x - clean) * sigma_next / sigma``
-    (exact when the ODE paths are straight, as for point-like data; a first-order guess otherwise). At or below
+    (exact when the ODE paths are straight, as for point-like data; a first-order guess otherwise).
+    Videoshop states the rule in EDM sigma space (x = z + sigma * n); ComfyUI's SD1.5 sigma space is the same
+    (x = x0 + sigma * eps, the model input rescaled by 1 / sqrt(1 + sigma^2) inside the model wrapper), so the
+    rule carries over unchanged. In the VP/DDIM form x_vp = x / sqrt(1 + sigma^2) = sqrt(abar) x0 +
+    sqrt(1 - abar) eps it reads x_vp' = sqrt(abar') z + (x_vp - sqrt(abar) z) sqrt(1 - abar') / sqrt(1 - abar):
+    the noise part keeps its direction and is rescaled, the clean part follows the schedule. At or below
     sigma 1 (and always at sigma 0, where the line is undefined) the reference feeds ``clean + n * sigma_next *
     std(clean)`` with a fixed random n; that ignores x, makes inversion depend on a draw, and on Gaussian data
     its round trip stops converging (test oracle, N(0, 1), 50 / 200 steps: 7.9% / 9.7%), so the plain DDIM input

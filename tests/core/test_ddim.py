@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from comfyui_stem.stem_core.inversion import ddim_invert, ddim_sample, ddim_step, inversion_sigmas
+from comfyui_stem.stem_core.inversion import (ddim_invert, ddim_sample, ddim_step, inversion_model_input,
+                                              inversion_sigmas)
 from tests.core.oracles import GaussianDataDenoiser, ddim_uniform_sigmas, scaled_linear_sigmas
 
 MEAN, STD = 0.3, 0.5
@@ -234,7 +235,7 @@ def test_extrapolated_inversion_on_gaussian_data():
     assert relative_rms(extra[-1], plain[-1]) > 1e-3
 
     point_like = GaussianDataDenoiser(x0, 1e-6)  # data = the single point x0: straight ODE paths
-    for steps in (10, 50, 200):
+    for steps in (5, 10, 20, 50, 200):
         sig = [float(s) for s in inversion_sigmas(sd15_ddim_uniform(steps))]
         first = next(i for i, s in enumerate(sig) if s > 1.0)
         for flag, exact in ((True, True), (False, False)):
@@ -256,3 +257,27 @@ def test_extrapolated_inversion_on_gaussian_data():
     errors = round_trip[True]
     assert errors[1] < errors[0] / 3 and errors[2] < errors[1] / 3 and errors[2] < 0.015, errors
     assert all(e < p for e, p in zip(endpoint[True], endpoint[False])), endpoint
+
+
+def test_extrapolation_in_the_vp_parametrisation():
+    """Videoshop's rule is written in EDM sigma space; the pack's DDIM runs in ComfyUI's sigma space, whose latents
+    are the VP/DDIM latents times sqrt(1 + sigma^2) (sqrt(1 - abar) = sigma / sqrt(1 + sigma^2)). The extrapolated
+    model input, mapped to VP, is the DDIM-side statement of the rule: the clean part follows sqrt(abar), the noise
+    part x_vp - sqrt(abar) z keeps its direction scaled by sqrt(1 - abar') / sqrt(1 - abar). Applying the sigma-space
+    formula to VP latents instead (a tempting mistake) gives a different point."""
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
+    noise = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
+    for s, s_next in ((1.5, 2.7), (3.0, 14.6), (1.0001, 1.2)):
+        x = z + s * noise
+        guess = inversion_model_input(z, x, s, s_next, extrapolate=True)
+        root_abar = lambda sig: 1.0 / math.sqrt(1.0 + sig * sig)
+        root_one_minus = lambda sig: sig / math.sqrt(1.0 + sig * sig)
+        x_vp = x * root_abar(s)
+        vp_rule = root_abar(s_next) * z + (x_vp - root_abar(s) * z) * root_one_minus(s_next) / root_one_minus(s)
+        torch.testing.assert_close(guess * root_abar(s_next), vp_rule, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(guess, z + s_next * noise, rtol=1e-12, atol=1e-12)  # on the straight path
+        misapplied = z + (x_vp - z) * (s_next / s)
+        assert (misapplied - guess * root_abar(s_next)).abs().max() > 1e-2
+    plain = inversion_model_input(z, z + 0.5 * noise, 0.5, 0.8, extrapolate=True)
+    torch.testing.assert_close(plain, inversion_model_input(z, z + 0.5 * noise, 0.5, 0.8, extrapolate=False))
