@@ -36,6 +36,28 @@ def svd(comfy_host):
     return name, loaded
 
 
+def test_file_layout_is_svd_in_fp16():
+    """The saved file (header only, nothing loaded): the three prefixes a real svd.safetensors has and no other,
+    fp16 weights, the temporal layers and the 32-layer ViT-H tower present."""
+    from safetensors import safe_open
+    prefixes = ("model.diffusion_model.", "conditioner.embedders.0.open_clip.model.visual.", "first_stage_model.")
+    counts = dict.fromkeys(prefixes, 0)
+    with safe_open(str(random_svd_checkpoint()), framework="pt") as f:
+        keys = list(f.keys())
+        for key in keys:
+            prefix = next((p for p in prefixes if key.startswith(p)), None)
+            assert prefix is not None, f"unexpected key {key}"
+            counts[prefix] += 1
+        not_fp16 = [k for k in keys if f.get_slice(k).get_dtype() != "F16"]
+        # ComfyUI builds the UNet's temporal mixing factors (1 element each) in fp32 whatever the model dtype,
+        # and its save path keeps them so; everything else is fp16
+        assert not_fp16 and all(k.endswith(".time_mixer.mix_factor") for k in not_fp16), not_fp16[:5]
+        assert f.metadata().get("stem_fixture", "").startswith("random weights")
+    assert all(counts.values()), counts
+    assert any(".time_stack." in k for k in keys) and "first_stage_model.decoder.mid.block_1.mix_factor" in keys
+    assert f"{prefixes[1]}vision_model.encoder.layers.31.layer_norm1.weight" in keys
+
+
 def test_detects_as_svd_img2vid_with_the_real_shapes(svd, comfy_host):
     """ImageOnlyCheckpointLoader (ComfyUI's model detection from the key layout) sees SVD img2vid: v-prediction
     with EDM sigmas 0.002..700, 8 input channels (noise + concat latent), temporal resblocks and attention; the
