@@ -9,6 +9,7 @@ benchmark's caches do not leak into the next):
 - long_clip: 120 frames of 512x512 loaded, encoded and STEM-inverted: wall/user/sys time, peak RSS, page faults,
 - resolution_sweep: whole inversion at 256..1024 px, per_frame / stem / two_frame / all_frame, tiny and full-size
   UNet (``--quick``: tiny model, 256 and 512 px),
+- extrapolation: STEM Invert + Reconstruct error with and without Videoshop's noise extrapolation, per step count,
 then the PNG plots. Results: JSON + markdown tables in --out (bench/results/ by default, git-ignored),
 tables on stdout. ``--only attention,plot`` runs a subset.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from . import CHILD_ENV, DEFAULT_OUT, REPO
 
-BENCHES = ("attention", "em_kernel", "inversion", "r_study", "long_clip", "resolution_sweep")
+BENCHES = ("attention", "em_kernel", "inversion", "r_study", "long_clip", "resolution_sweep", "extrapolation")
 MODULES = {name: f"bench.bench_{name}" for name in BENCHES}
 
 

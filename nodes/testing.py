@@ -42,6 +42,7 @@ def tiny_unet_config(model_channels: int = 32) -> dict:
     }
 
 
+# Conv3d: the temporal layers of SVD's UNet and VAE decoder; SD1.5 has none.
 _RESETTABLE = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Conv3d, torch.nn.GroupNorm,
                torch.nn.LayerNorm, torch.nn.Embedding)
 
