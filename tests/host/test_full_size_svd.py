@@ -8,6 +8,7 @@ user CPU; the builder's peak RSS 5.5 GiB; cached afterwards), loading 67 s, SVD_
 fp16 on the CPU), one step on 2 frames 85 s, decode 22 s; this file 292 s with the file cached, peak RSS 12.2 GiB
 (the loader reads the 4.2 GiB file and builds the UNet in fp32 on the CPU, 6.1 GB). The durations and the peak
 memory are printed (-s)."""
+import os
 import resource
 import time
 
@@ -16,6 +17,12 @@ import torch
 
 from tests.conftest import COMFYUI_DIR
 from tests.fixtures.checkpoints import INSTALLED_NAMES, random_svd_checkpoint, video_checkpoint_name
+
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("STEM_FULL_SIZE_SVD") != "1",
+    reason="the full-size SVD checkpoint (4.5 GB file, ~12 GiB peak RSS, 5-12 min on 2 cores) runs with "
+           "STEM_FULL_SIZE_SVD=1; CI and make test leave it out to stay within 20 minutes and modest memory")
 
 
 def peak_rss_gib() -> float:
