@@ -42,7 +42,10 @@ def test_tokenflow_progress_cache_and_touch(run, private_clip):
     wf[_node(wf, "STEMBasisEstimate")]["inputs"]["seed"] = 7171  # unlike any other test's prompt
 
     first = run(wf, timeout=300)
-    assert set(first["ran"]) == set(wf), f"first run executed only {sorted(first['ran'])}"
+    # the model and prompt nodes may come from the cache of an earlier test's prompt; everything the clip feeds runs
+    assert set(first["ran"]) | set(first["cached"]) == set(wf), (first["ran"], first["cached"])
+    fed_by_clip = {_node(wf, c) for c in ("STEMVideoLoad", "STEMInvert", "STEMTokenFlowEdit", "STEMSaveVideo")}
+    assert fed_by_clip <= set(first["ran"]), f"first run executed only {sorted(first['ran'])}"
     _assert_steps(first, wf, "STEMInvert", STEPS)
     _assert_steps(first, wf, "STEMTokenFlowEdit", STEPS)
 

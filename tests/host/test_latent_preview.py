@@ -72,8 +72,7 @@ def test_fatezero_sends_previews(node, tiny, source, previews_on, updates):
     with torch.no_grad():
         patched, _, traj = invert_with_store(node, model, latent, cond, "stem", STEPS)
         updates.clear()
-        fatezero_edit(node, patched, traj, clip, target="a marble sculpture of a wolf walking in the snow",
-                      steps=STEPS)
+        fatezero_edit(node, patched, traj, clip, target="a marble sculpture of a wolf walking in the snow")
     _check(list(updates), traj.steps, latent["samples"].shape[-2:])
 
 
