@@ -1,6 +1,6 @@
 # ComfyUI-STEM: `make demo` runs an example workflow headlessly, `make test` runs the whole suite.
 # Overrides: COMFYUI_DIR=/path/to/ComfyUI  PYTHON=its/python  CHECKPOINT=name.safetensors  VIDEO=clip.mp4
-#            WORKFLOW=tokenflow_stem  FRAMES=16  SIZE=512x512  STEPS=50  SOURCE_PROMPT=..  TARGET_PROMPT=..  PORT=8199
+#            EDITED_FRAME=first_frame.png (Videoshop)  WORKFLOW=tokenflow_stem  FRAMES=16  SIZE=512x512  STEPS=50  SOURCE_PROMPT=..  TARGET_PROMPT=..  PORT=8199
 SHELL := /bin/bash
 PY := .venv/bin/python
 HOST := $(if $(COMFYUI_DIR),$(COMFYUI_DIR),$(CURDIR)/.host/ComfyUI)
@@ -32,7 +32,7 @@ demo: setup
 		$(if $(VIDEO),--video "$(VIDEO)") $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") \
 		$(if $(FRAMES),--frames $(FRAMES)) $(if $(SIZE),--size $(SIZE)) $(if $(STEPS),--steps $(STEPS)) \
 		$(if $(SOURCE_PROMPT),--source-prompt "$(SOURCE_PROMPT)") $(if $(TARGET_PROMPT),--target-prompt "$(TARGET_PROMPT)") \
-		$(if $(PORT),--port $(PORT))
+		$(if $(EDITED_FRAME),--edited-frame "$(EDITED_FRAME)") $(if $(PORT),--port $(PORT))
 
 bench: setup
 	$(PY) -m bench.run_all

@@ -17,9 +17,10 @@ import comfy_client as cc  # noqa: E402
 import comfy_host  # noqa: E402
 from demo_clip import make_demo_clip  # noqa: E402
 
-TINY_BANNER = ("NOTE: no SD1.5 checkpoint was found, so this demo used the TINY RANDOM TEST MODEL (random "
-               "SD1.5-architecture weights, pooling stand-in VAE). The result shows the pipeline and its metrics, "
-               "NOT a real edit. Put an SD1.5 checkpoint into ComfyUI's models/checkpoints and run "
+TINY_BANNER = ("NOTE: the workflow's checkpoint was not found, so this demo used the TINY RANDOM TEST MODEL (random "
+               "weights of the real architecture: SD1.5, or SVD for Videoshop; a pooling stand-in VAE). The result "
+               "shows the pipeline and its metrics, NOT a real edit. Put your checkpoint (SD1.5; an SVD img2vid "
+               "one for Videoshop) into ComfyUI's models/checkpoints and run "
                "`make demo CHECKPOINT=its_name.safetensors` for real results.")
 DEMO_CLIP = dict(frames=16, size=128, fps=12, seed=0)
 
@@ -51,7 +52,32 @@ def choose_model(server, workflow: dict, requested, comfy: Path):
     present = [n for n in defaults if n in available]
     if present:
         return present[0], f"checkpoint: {present[0]} (the workflow's default, found in models/checkpoints)"
-    return None, "no SD1.5 checkpoint in models/checkpoints: using the tiny random test model"
+    return None, "the workflow's checkpoint is not in models/checkpoints: using the tiny random test model"
+
+
+def wants_edited_frame(workflow: dict) -> bool:
+    """Whether the (API) workflow loads an edited first frame (a Load Image titled '... edited first frame ...')."""
+    return any(n["class_type"] == cc.IMAGE_LOADER and cc.EDITED_FRAME_MARK in n.get("_meta", {}).get("title", "").lower()
+               for n in workflow.values())
+
+
+def synthetic_edit(video: str, path: Path) -> str:
+    """The clip's first frame with a green square painted on it: a stand-in 'edit' so the Videoshop demo runs
+    without an image tool (say EDITED_FRAME=your.png for a real one)."""
+    import av
+    import numpy as np
+    from PIL import Image
+    if Path(video).is_dir():  # a frame folder: its first image
+        first = sorted(p for p in Path(video).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))[0]
+        frame = np.array(Image.open(first).convert("RGB"))
+    else:
+        with av.open(video) as container:
+            frame = next(container.decode(video=0)).to_ndarray(format="rgb24").copy()
+    h, w = frame.shape[:2]
+    frame[h // 4: h // 2, w // 4: w // 2] = (40, 200, 60)
+    Image.fromarray(frame).save(path)
+    print("[demo] no EDITED_FRAME given: the edited first frame is the clip's first frame with a green square")
+    return str(path)
 
 
 def main(argv=None):
@@ -61,6 +87,8 @@ def main(argv=None):
     ap.add_argument("--workflow", default="stem_reconstruction", help="a name in workflows/api/ or a file")
     ap.add_argument("--checkpoint", help="an SD1.5 checkpoint name in ComfyUI's models/checkpoints")
     cc.add_override_arguments(ap)
+    ap.add_argument("--edited-frame", help="Videoshop workflows: your edited first frame (an image file); without "
+                                           "it the demo makes a synthetic one (a green square on the first frame)")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=7200)
     ap.add_argument("--gpu", action="store_true", help="do not pass --cpu to ComfyUI")
@@ -72,6 +100,8 @@ def main(argv=None):
         overrides = cc.overrides_from_arguments(args)
         if args.video:
             cc.check_video_path(args.video)
+        if args.edited_frame and not Path(args.edited_frame).expanduser().is_file():
+            raise cc.WorkflowError(f"--edited-frame {args.edited_frame}: no such image file")
     except cc.WorkflowError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -98,6 +128,9 @@ def main(argv=None):
                 print(f"[demo] {chosen}")
                 overrides.checkpoint, overrides.tiny_model = checkpoint, checkpoint is None
                 overrides.video = cc.upload_input(server, video)
+                if wants_edited_frame(workflow):
+                    edited = args.edited_frame or synthetic_edit(video, Path(tmp) / "edited_first_frame.png")
+                    overrides.edited_frame = cc.upload_input(server, edited)
                 wf = cc.apply_overrides(workflow, overrides)
                 print(f"[demo] ComfyUI at http://{server.address}; queueing {path.name} on {Path(video).name}")
                 result = cc.queue_and_wait(server, wf, timeout=args.timeout, out_dir=str(out))
