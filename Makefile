@@ -20,7 +20,7 @@ test: setup lint check-workflows
 lint: setup
 	$(PY) -m ruff check .
 
-# example_workflows/, workflows/ and workflows/api/ are what scripts/build_workflows.py writes (and laid out)
+# example_workflows/, workflows/ui/ and workflows/api/ are what scripts/build_workflows.py writes (and laid out)
 check-workflows: setup
 	$(PY) -m pytest -q tests/host/test_example_workflows.py
 
@@ -41,7 +41,7 @@ bench: setup
 browser-deps:
 	@bash scripts/setup_browser.sh
 
-# Regenerate example_workflows/ (+ thumbnails), workflows/ and workflows/api/ from scripts/build_workflows.py.
+# Regenerate example_workflows/ (+ thumbnails), workflows/ui/ and workflows/api/ from scripts/build_workflows.py.
 workflows: setup
 	$(PY) scripts/build_workflows.py
 

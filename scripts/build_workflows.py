@@ -3,7 +3,9 @@ in-process) for widget order:
 
 - example_workflows/<name>.json + <name>.jpg   UI format and thumbnail: what a current frontend's Templates menu
                                                (Workflow > Browse Templates) and the registry read;
-- workflows/<name>.json                        the same UI file (the design card's folder; drag into the editor);
+- workflows/ui/<name>.json                     the same UI file (the design card's folder; drag into the editor);
+                                               in a subfolder, because current hosts list every json directly in
+                                               example_workflows/ AND workflows/ as templates (each twice otherwise);
 - workflows/api/<name>.json                    its API twin (headless queueing, scripts/run_workflow.py).
 
     .venv/bin/python scripts/build_workflows.py                # regenerate
@@ -426,16 +428,16 @@ def main(argv=None):
         capture_specs(classes)
         return
     from thumbnails import render_thumbnail
-    for folder in ("example_workflows", "workflows", "workflows/api"):
+    for folder in ("example_workflows", "workflows/ui", "workflows/api"):
         (REPO / folder).mkdir(parents=True, exist_ok=True)
     for name in GRAPHS:
         ui, api, _ = render(classes, name)
         text = json.dumps(ui, indent=1) + "\n"
         (REPO / "example_workflows" / f"{name}.json").write_text(text)
-        (REPO / "workflows" / f"{name}.json").write_text(text)
+        (REPO / "workflows" / "ui" / f"{name}.json").write_text(text)
         (REPO / "workflows" / "api" / f"{name}.json").write_text(json.dumps(api, indent=1) + "\n")
         render_thumbnail(ui, name).save(REPO / "example_workflows" / f"{name}.jpg", quality=95)
-        print(f"wrote example_workflows/{name}.json (+ .jpg), workflows/{name}.json, workflows/api/{name}.json")
+        print(f"wrote example_workflows/{name}.json (+ .jpg), workflows/ui/{name}.json, workflows/api/{name}.json")
 
 
 if __name__ == "__main__":

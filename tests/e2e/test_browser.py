@@ -27,9 +27,10 @@ from tests.e2e.test_reconstruction_server import small
 
 import comfy_client as cc  # noqa: E402
 import comfy_host  # noqa: E402
+from build_workflows import optional_nodes  # noqa: E402
 from workflow_format import input_specs  # noqa: E402
 
-WORKFLOWS = sorted(p for p in (REPO / "example_workflows").glob("*.json"))  # = workflows/*.json (synced)
+WORKFLOWS = sorted(p for p in (REPO / "example_workflows").glob("*.json"))  # = workflows/ui/*.json (synced)
 SCREENSHOTS = REPO / "test_artifacts" / "screenshots"
 README_IMAGE = REPO / "docs" / "images" / "reconstruction_workflow.png"
 README_SOURCE = "stem_reconstruction"
@@ -455,3 +456,77 @@ def test_metrics_report_text_and_curve_on_node(page, server_input):
     _screenshot(page, "metrics_report")
     assert not [e for e in page.errors() if "favicon" not in str(e)], page.errors()
     print(f"metrics report on the node: {len(state['text'].splitlines())} lines; curve {state['imgs'][0]['w']} px wide")
+
+
+PACK_FOLDER = "comfyui_stem"  # the pack's folder name in custom_nodes: the Templates menu's category for it
+OPEN_TEMPLATES_JS = r"""
+(async (category) => {
+  document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click());
+  await new Promise(r => setTimeout(r, 300));
+  await app.extensionManager.command.execute('Comfy.BrowseTemplates');
+  const until = async (f, ms) => { for (let t = 0; t < ms; t += 100) { const v = f(); if (v) return v;
+                                                                     await new Promise(r => setTimeout(r, 100)); } };
+  const entry = await until(() => [...document.querySelectorAll('.p-dialog li.p-listbox-option')]
+                                   .find(e => e.textContent.trim() === category), 10000);
+  if (!entry) return {categories: [...document.querySelectorAll('.p-dialog li.p-listbox-option')]
+                                  .map(e => e.textContent.trim()), cards: []};
+  entry.click();
+  await until(() => document.querySelector('[data-testid^=template-workflow-]'), 10000);
+  await new Promise(r => setTimeout(r, 500));
+  return {cards: [...document.querySelectorAll('[data-testid^=template-workflow-]')]
+                   .map(e => e.getAttribute('data-testid').slice('template-workflow-'.length))};
+})
+"""
+PICK_TEMPLATE_JS = r"""
+(async (name) => {
+  const until = async (f, ms) => { for (let t = 0; t < ms; t += 100) { const v = f(); if (v) return v;
+                                                                     await new Promise(r => setTimeout(r, 100)); } };
+  const card = document.querySelector(`[data-testid="template-workflow-${name}"]`);
+  card.scrollIntoView();
+  const img = card.querySelector('img');
+  const thumb = await until(() => img && img.complete && img.naturalWidth > 0 && img.naturalWidth, 15000);
+  const before = app.graph._nodes.map(n => n.id).join();
+  card.click();
+  await until(() => app.extensionManager.workflow.activeWorkflow?.filename === name
+                    && !document.querySelector('[data-testid^=template-workflow-]'), 20000);
+  await new Promise(r => setTimeout(r, 500));
+  const dialogs = [...document.querySelectorAll('.p-dialog')].map(d => d.innerText.trim()).filter(t => t);
+  return {thumb: thumb || 0, workflow: app.extensionManager.workflow.activeWorkflow?.filename ?? null, dialogs,
+          nodes: app.graph._nodes.map(n => ({id: n.id, type: n.type,
+                                             values: (n.widgets || []).map(w => w.value ?? null)}))};
+})
+"""
+
+
+def test_examples_load_from_the_templates_menu(page, server):
+    """Current frontends (ComfyUI 0.3.12 and later): Workflow > Browse Templates lists the pack's category with
+    each example once and its thumbnail, and picking one loads exactly that graph into the editor. The pinned
+    2024-03 host has no Templates menu (test_workflow_in_browser loads the same files by drag-and-drop there)."""
+    status, _ = cc._http("GET", f"http://{server.address}/api/workflow_templates")
+    if status == 404:
+        pytest.skip("this host's frontend has no Templates menu (ComfyUI 0.3.12 added it; the pinned a28a9dc8 of "
+                    "2024-03 predates it): run with COMFYUI_DIR=<a current ComfyUI>")
+    info = _object_info(server)
+    listing = page.js(f"{OPEN_TEMPLATES_JS}({json.dumps(PACK_FOLDER)})", timeout=60)
+    assert sorted(listing["cards"]) == sorted(p.stem for p in WORKFLOWS), \
+        f"the Templates menu's {PACK_FOLDER} category shows {listing}"
+    loaded, skipped = [], []
+    for path in WORKFLOWS:
+        ui = json.loads(path.read_text())
+        if any(cls not in info for cls in optional_nodes(ui)):
+            skipped.append(path.stem)  # its optional nodes (VideoHelperSuite) are not installed here
+            continue
+        page.js(f"{OPEN_TEMPLATES_JS}({json.dumps(PACK_FOLDER)})", timeout=60)
+        res = page.js(f"{PICK_TEMPLATE_JS}({json.dumps(path.stem)})", timeout=60)
+        assert res["thumb"] > 0, f"{path.stem}: its thumbnail did not load in the Templates menu"
+        assert res["workflow"] == path.stem, f"{path.stem}: the editor opened {res['workflow']}"
+        assert not any("missing" in d.lower() or "not found" in d.lower() for d in res["dialogs"]), res["dialogs"]
+        got = {n["id"]: n["type"] for n in res["nodes"]}
+        assert got == {n["id"]: n["type"] for n in ui["nodes"]}, f"{path.stem}: the editor loaded {got}"
+        note = next(n for n in res["nodes"] if n["type"] == "Note")
+        assert note["values"][0] == next(n for n in ui["nodes"] if n["type"] == "Note")["widgets_values"][0]
+        loaded.append(path.stem)
+    assert loaded, "no example could be loaded from the Templates menu"
+    _screenshot(page, "templates_menu_last_loaded")
+    print(f"Templates menu: {len(listing['cards'])} examples listed once each; loaded by clicking: {loaded}; "
+          f"not loaded (optional nodes not installed): {skipped}")

@@ -1,4 +1,4 @@
-"""The API twins (workflows/api/X.json) stay in sync with the UI workflows (workflows/X.json).
+"""The API twins (workflows/api/X.json) stay in sync with the UI workflows (workflows/ui/X.json).
 
 Each UI file is converted with scripts/workflow_format.ui_to_api, using node specs taken from the
 running server's /object_info (the real node classes of the pack and of ComfyUI), and must equal its
@@ -15,7 +15,7 @@ import comfy_client as cc  # noqa: E402
 from tests.e2e.conftest import skip_without_optional_nodes
 from workflow_format import FRONTEND_ONLY, input_specs, ui_to_api  # noqa: E402
 
-UI_FILES = sorted((REPO / "workflows").glob("*.json"))
+UI_FILES = sorted((REPO / "workflows" / "ui").glob("*.json"))
 API_DIR = REPO / "workflows" / "api"
 FIX = "regenerate both with `.venv/bin/python scripts/build_workflows.py`"
 
@@ -40,7 +40,7 @@ def diff(a: dict, b: dict) -> str:
 
 
 def test_every_ui_workflow_has_a_twin_and_back():
-    assert UI_FILES, "no workflows/*.json"
+    assert UI_FILES, "no workflows/ui/*.json"
     ui_names = {p.stem for p in UI_FILES}
     api_names = {p.stem for p in API_DIR.glob("*.json")}
     assert ui_names == api_names, (f"UI workflows without an API twin: {sorted(ui_names - api_names)}; "
@@ -57,12 +57,12 @@ def test_api_twin_matches_ui(specs, path):
     assert twin_path.exists(), f"{path.name} has no API twin {twin_path.relative_to(REPO)}; {FIX}"
     converted = ui_to_api(ui, specs)
     twin = json.loads(twin_path.read_text())
-    assert converted == twin, f"workflows/api/{path.name} drifted from workflows/{path.name}:\n{diff(converted, twin)}\n{FIX}"
+    assert converted == twin, f"workflows/api/{path.name} drifted from workflows/ui/{path.name}:\n{diff(converted, twin)}\n{FIX}"
 
 
 def test_drift_is_detected(specs):
     """The check above is not vacuous: changing one widget value in the UI file breaks equality."""
-    path = REPO / "workflows" / "stem_reconstruction.json"  # core nodes and the pack's only
+    path = REPO / "workflows" / "ui" / "stem_reconstruction.json"  # core nodes and the pack's only
     ui = json.loads(path.read_text())
     twin = json.loads((API_DIR / path.name).read_text())
     changed = copy.deepcopy(ui)

@@ -1,4 +1,4 @@
-"""example_workflows/ (what a current frontend's Templates menu and the registry read), workflows/ and
+"""example_workflows/ (what a current frontend's Templates menu and the registry read), workflows/ui/ and
 workflows/api/ are exactly what scripts/build_workflows.py writes from the real node classes, and the layout
 reads left to right: groups Load -> Invert -> Edit/Reconstruct -> Output, every wire runs rightwards, no node
 overlaps another, every node sits in a group frame. `make check-workflows` runs this file."""
@@ -28,7 +28,10 @@ def built(comfy_host):
 def test_the_folders_hold_exactly_the_builders_workflows():
     assert {p.stem for p in EXAMPLES.glob("*.json")} == set(NAMES), FIX
     assert {p.stem for p in EXAMPLES.glob("*.jpg")} == set(NAMES), f"one .jpg thumbnail per workflow; {FIX}"
-    assert {p.stem for p in (REPO / "workflows").glob("*.json")} == set(NAMES), FIX
+    assert {p.stem for p in (REPO / "workflows" / "ui").glob("*.json")} == set(NAMES), FIX
+    # current hosts list every json directly in example_workflows/ and in workflows/ as a template: none may
+    # lie directly in workflows/, or each example is listed twice there
+    assert not list((REPO / "workflows").glob("*.json")), f"json files directly in workflows/; {FIX}"
     assert {p.stem for p in (REPO / "workflows" / "api").glob("*.json")} == set(NAMES), FIX
 
 
@@ -36,7 +39,7 @@ def test_the_folders_hold_exactly_the_builders_workflows():
 def test_files_match_the_builder(built, name):
     ui, api, _ = built[name]
     assert json.loads((EXAMPLES / f"{name}.json").read_text()) == ui, f"example_workflows/{name}.json drifted; {FIX}"
-    assert json.loads((REPO / "workflows" / f"{name}.json").read_text()) == ui, f"workflows/{name}.json; {FIX}"
+    assert json.loads((REPO / "workflows" / "ui" / f"{name}.json").read_text()) == ui, f"workflows/ui/{name}.json; {FIX}"
     assert json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text()) == api, \
         f"workflows/api/{name}.json; {FIX}"
 
