@@ -13,8 +13,10 @@ in-process) for widget order:
         # refresh scripts/extra_node_specs.json from optional nodes (VideoHelperSuite) installed in the host's
         # custom_nodes: without them installed the builder cannot ask their classes for their inputs
 
-Layout (scripts/workflow_format.py): groups Load, Invert, Edit (or Reconstruct), Output from left to right, no
-crossing wires. tests/e2e/test_workflow_sync.py checks the committed files against this and against each other.
+Layout (scripts/workflow_format.layout): groups Load, Invert, Edit (or Reconstruct), Output from left to right,
+long wires through Reroutes so that none runs under a node, the fewest crossings the columns allow (COLUMNS below
+holds the columns `--search-columns` found). tests/host/test_example_workflows.py checks the committed files
+against this, tests/e2e/test_workflow_sync.py the API twins against the UI files.
 """
 import argparse
 import json
@@ -24,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 import comfy_host  # noqa: E402
-from workflow_format import (FRONTEND_ONLY, build_ui, layout, node_spec, spec_from_object_info,  # noqa: E402
-                             ui_to_api)
+from workflow_format import (FRONTEND_ONLY, build_ui, layout, node_spec, search_columns,  # noqa: E402
+                             spec_from_object_info, ui_to_api)
 
 DEFAULT_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 DEMO_VIDEO = "stem_demo.mp4"
@@ -369,10 +371,30 @@ def _supported(graph, specs):
     return out
 
 
-def render(classes, name):
-    graph = GRAPHS[name]()
+# Columns inside their groups that differ from the default (one more than the latest same-group input), found
+# by `build_workflows.py --search-columns` for fewer wire crossings: {workflow: {node id: column}}.
+COLUMNS = {
+    "stem_reconstruction": {3: 2, 10: 1},
+    "tokenflow_stem": {3: 2},
+    "tokenflow_side_by_side": {3: 2, 42: 1, 43: 2},
+    "fatezero_stem": {3: 2},
+    "long_clip_tokenflow": {3: 2},
+    "vhs_tokenflow": {2: 1, 3: 2, 4: 3},
+    "videoshop_edit_first_frame": {3: 2, 12: 1, 13: 1, 5: 2},
+    "videoshop_sd15_first_frame_edit": {2: 1, 3: 2, 12: 1, 13: 1},
+}
+
+
+def described(classes, name):
+    """(graph description with its COLUMNS, specs of its classes) of one workflow."""
+    graph = [dict(g, column=COLUMNS[name][g["id"]]) if g["id"] in COLUMNS.get(name, {}) else g
+             for g in GRAPHS[name]()]
     specs = specs_for(classes, graph)
-    graph = _supported(graph, specs)
+    return _supported(graph, specs), specs
+
+
+def render(classes, name):
+    graph, specs = described(classes, name)
     placed, groups = layout(graph, specs, GROUP_ORDER)
     ui = build_ui(placed, specs, groups)
     return ui, ui_to_api(ui, specs), specs
@@ -406,8 +428,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--capture-specs", action="store_true",
                     help="refresh extra_node_specs.json from the optional nodes installed in the host")
+    ap.add_argument("--search-columns", action="store_true",
+                    help="print, per workflow, the columns (inside their groups) that give fewer crossings than "
+                         "the default ones, to copy into the graph descriptions as column=")
     args = ap.parse_args(argv)
     classes = boot_classes()
+    if args.search_columns:
+        for name, make in GRAPHS.items():
+            graph = make()
+            specs = specs_for(classes, graph)
+            found = search_columns(_supported(graph, specs), specs, GROUP_ORDER)
+            print(f"{name}: {found['fewest']} crossings with columns {found['columns']}")
+        return
     if args.capture_specs:
         booted = comfy_host.boot_in_process()
         # some current ComfyUI module puts comfy/ itself on sys.path, so comfy/utils.py shadows the top-level

@@ -49,6 +49,10 @@ def render_thumbnail(ui: dict, title: str) -> Image.Image:
     for node in ui["nodes"]:
         x, y = node["pos"]
         w, h = node["size"]
+        if node["type"] == "Reroute":  # a small pill without a title, as the editor draws it
+            draw.rounded_rectangle([at(x, y), at(x + w, y + h)], radius=max(1, int(h * scale / 2)), fill=NODE,
+                                   outline=(10, 10, 10))
+            continue
         body = _hex(node["bgcolor"], 255)[:3] if node.get("bgcolor") else NODE
         head = _hex(node["color"], 255)[:3] if node.get("color") else NODE_TITLE
         draw.rectangle([at(x, y - TITLE_H), at(x + w, y + h)], fill=body, outline=(10, 10, 10))
