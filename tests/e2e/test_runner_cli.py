@@ -114,13 +114,22 @@ def full_size_checkpoint(server):
     return install_into(COMFYUI_DIR, random_sd15_checkpoint())
 
 
+def _one_video(folder, frames):
+    """The run wrote exactly one mp4 under ``folder``: ``frames`` frames of 64x64, finite values."""
+    from comfyui_stem.stem_core.video_io import load_video
+    videos = sorted(folder.rglob("*.mp4"))
+    assert len(videos) == 1, videos
+    clip = load_video(videos[0])
+    assert clip.frame_count == frames and (clip.width, clip.height) == (64, 64), clip.describe()
+    assert math.isfinite(float(clip.frames.sum()))
+
+
 @pytest.mark.parametrize("path", VIDEOSHOP_FILES, ids=[p.stem for p in VIDEOSHOP_FILES])
 def test_videoshop_workflows_propagate_an_edited_frame_on_the_tiny_svd_model(server, clip_on_disk,
                                                                             edited_frame_on_disk, tmp_path, path):
     """The issue's command: `run_workflow.py <videoshop workflow> --tiny-model --video clip.mp4 --edited-frame f.png
     --frames 8 --size 64x64 --steps 4` exits 0 and writes an 8-frame video (tiny random SVD: plumbing, not an
     edit), with the metrics against the source and the seam report."""
-    from comfyui_stem.stem_core.video_io import load_video
     clip8 = tmp_path / "clip8.mp4"
     from demo_clip import make_demo_clip
     make_demo_clip(str(clip8), frames=8, size=96, fps=10, seed=3)
@@ -128,11 +137,7 @@ def test_videoshop_workflows_propagate_an_edited_frame_on_the_tiny_svd_model(ser
     res = cli(path, "--server", server.address, "--tiny-model", "--video", clip8, "--frames", 8, "--size", "64x64",
               "--steps", 4, "--out", out, *edited_frame_args(path, edited_frame_on_disk))
     assert res.returncode == 0, f"{path.name}: exit {res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
-    videos = sorted(out.rglob("*.mp4"))
-    assert len(videos) == 1, videos
-    clip = load_video(videos[0])
-    assert clip.frame_count == 8 and (clip.width, clip.height) == (64, 64), clip.describe()
-    assert math.isfinite(float(clip.frames.sum()))
+    _one_video(out, frames=8)
     reports = [json.loads(p.read_text()) for p in out.rglob("*.json")]
     assert len(reports) == 1 and len(reports[0]["metrics"]["psnr"]["per_frame"]) == 8
     assert "one window: no seams" in res.stdout, res.stdout[-3000:]
@@ -151,7 +156,6 @@ def test_videoshop_workflows_on_a_full_size_svd_checkpoint(server, clip_on_disk,
                                                            full_size_checkpoint, tmp_path, path):
     """The user's path for Videoshop: the real SVD img2vid architecture (random weights; values are noise) through
     ImageOnlyCheckpointLoader, and the real SD1.5 one where the graph edits the first frame itself."""
-    from comfyui_stem.stem_core.video_io import load_video
     from tests.conftest import COMFYUI_DIR
     from tests.fixtures.checkpoints import video_checkpoint_name
     svd = video_checkpoint_name(COMFYUI_DIR)
@@ -160,11 +164,7 @@ def test_videoshop_workflows_on_a_full_size_svd_checkpoint(server, clip_on_disk,
               "--frames", 2, "--size", "64x64", "--steps", 2, "--out", tmp_path, "--quiet",
               *edited_frame_args(path, edited_frame_on_disk), timeout=1800)
     assert res.returncode == 0, f"{path.name}: exit {res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
-    videos = sorted(tmp_path.rglob("*.mp4"))
-    assert len(videos) == 1, videos
-    clip = load_video(videos[0])
-    assert clip.frame_count == 2 and (clip.width, clip.height) == (64, 64), clip.describe()
-    assert math.isfinite(float(clip.frames.sum()))
+    _one_video(tmp_path, frames=2)
 
 
 @pytest.mark.parametrize("path", SD15_FILES, ids=[p.stem for p in SD15_FILES])
