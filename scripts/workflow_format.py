@@ -347,10 +347,10 @@ def wires_through_nodes(wires: list, boxes: dict, ends: list) -> list:
     return [(int(w), ids[k]) for w, k in zip(*np.nonzero(inside)) if ids[k] not in ends[w]]
 
 
-def _fewest_crossings(columns: list, gap_wires: dict, pinned: set) -> list:
-    """The order of every column with the fewest crossings, as an integer program (scipy's HiGHS): one binary
-    per pair of items of a column (above / below, transitive), one per pair of wires of a gap (they cross when
-    their ends come in opposite orders; the ends of one node come in slot order). ``columns``: lists of item ids
+def _fewest_crossings(columns: list, gap_wires: dict, pinned: set) -> tuple:
+    """(the fewest crossings, the order of every column that has them), from an integer program (scipy's
+    HiGHS): one binary per pair of items of a column (above / below, transitive), one per pair of wires of a gap
+    (they cross when their ends come in opposite orders; the ends of one node come in slot order). ``columns``: lists of item ids
     (``pinned`` ones stay first); ``gap_wires``: {column: [(source, source slot, target, target slot)]}."""
     import numpy as np
     from scipy.optimize import Bounds, LinearConstraint, milp
@@ -503,7 +503,7 @@ def search_columns(graph: list, specs: dict, group_order=("Load", "Invert", "Edi
                     best, depth, improved = fewest, trial, True
         if not improved:
             break
-    defaults = _depths({k: {kk: vv for kk, vv in v.items() if kk != "column"} for k, v in nodes.items()}, edges)
+    defaults = _depths(nodes, edges)
     return {"fewest": best, "columns": {nid: d for nid, d in depth.items() if d != defaults[nid]}}
 
 
