@@ -532,3 +532,81 @@ def test_examples_load_from_the_templates_menu(page, server):
     _screenshot(page, "templates_menu_last_loaded")
     print(f"Templates menu: {len(listing['cards'])} examples listed once each; loaded by clicking: {loaded}; "
           f"not loaded (optional nodes not installed): {skipped}")
+
+
+PROGRESS_GRAPH_JS = r"""
+(async (spec) => {
+  app.graph.clear();
+  const add = (type, pos, values) => {
+    const n = LiteGraph.createNode(type); n.pos = pos; app.graph.add(n);
+    for (const [name, v] of Object.entries(values || {})) n.widgets.find(w => w.name === name).value = v;
+    return n; };
+  const model = add('STEMTinyTestModel', [20, 40]);
+  const load = add('STEMVideoLoad', [20, 300], spec.load);
+  const encode = add('VAEEncode', [380, 300]);
+  const text = add('CLIPTextEncode', [380, 40], {text: 'a video'});
+  const invert = add('STEMInvert', [720, 40], {steps: spec.steps});
+  const decode = add('VAEDecode', [1060, 40]);
+  const preview = add('PreviewImage', [1300, 40]);
+  load.connect(0, encode, 'pixels'); model.connect(2, encode, 'vae'); model.connect(1, text, 'clip');
+  model.connect(0, invert, 'model'); encode.connect(0, invert, 'latent'); text.connect(0, invert, 'source_conditioning');
+  invert.connect(0, decode, 'samples'); model.connect(2, decode, 'vae'); decode.connect(0, preview, 'images');
+  // what the editor draws its progress bar from (app.js drawNodeShape: app.progress on app.runningNodeId),
+  // recorded at every assignment
+  window.__stemProgress = [];
+  window.__stemBar = null;
+  let current = app.progress;
+  Object.defineProperty(app, 'progress', {configurable: true, get() { return current; }, set(p) {
+    current = p;
+    if (!p) return;
+    window.__stemProgress.push({value: p.value, max: p.max, node: +app.runningNodeId});
+    if (+app.runningNodeId === invert.id && p.value === Math.ceil(p.max / 2)) {
+      // the bar as drawn at that moment: green pixels along the top of the running node
+      app.canvas.draw(true, true);
+      const [x, y] = app.canvas.ds.convertOffsetToCanvas([invert.pos[0], invert.pos[1]]);
+      const w = invert.size[0] * app.canvas.ds.scale;
+      const data = app.canvas.canvas.getContext('2d').getImageData(x, y + 1, w, 3).data;
+      let green = 0;
+      for (let i = 0; i < data.length; i += 4) if (data[i + 1] > 100 && data[i] < 60 && data[i + 2] < 60) green++;
+      window.__stemBar = {green: green / 3, width: w};
+    }
+  }});
+  // current frontends draw the bar from the node's own progress (a fraction), set from progress_state events
+  let own;
+  window.__stemNodeProgress = [];
+  Object.defineProperty(invert, 'progress', {configurable: true, get() { return own; }, set(v) {
+    own = v;
+    if (v !== undefined && v !== null) window.__stemNodeProgress.push(v);
+  }});
+  await app.queuePrompt(0, 1);
+  return {invert: invert.id, preview: preview.id};
+})
+"""
+
+
+def test_progress_bar_advances_per_step(page, server_input):
+    """Queued from the editor, STEM Invert's steps reach the editor's progress bar, one per step. The pinned
+    editor draws it from app.progress on the running node: that takes every step 1..N of N there, and midway
+    the bar is drawn as green pixels over about half the node's width. Current frontends draw it from the
+    node's own progress fraction: that takes every k/N."""
+    page.events.clear()
+    steps = 8
+    load = {"video": server_input("wolf.mp4"), "custom_width": 64, "custom_height": 64, "frame_load_cap": 4}
+    ids = page.js(f"{PROGRESS_GRAPH_JS}({json.dumps({'steps': steps, 'load': load})})", timeout=60)
+    page.js(FIT_JS)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not page.js(f"!!app.nodeOutputs[{ids['preview']}]"):
+        time.sleep(0.5)
+    samples = page.js("(() => { const p = app.progress; delete app.progress; app.progress = p; "
+                      "return window.__stemProgress; })()")
+    fractions = page.js("window.__stemNodeProgress")
+    bar = page.js("window.__stemBar || null")
+    assert page.js(f"!!app.nodeOutputs[{ids['preview']}]"), f"the graph did not finish; page errors {page.errors()}"
+    if samples:  # the pinned editor: app.progress, drawn as a green bar on the running node
+        on_invert = [(s["value"], s["max"]) for s in samples if s["node"] == ids["invert"]]
+        assert on_invert == [(k, steps) for k in range(1, steps + 1)], samples
+        assert bar and 0.3 * bar["width"] <= bar["green"] <= 0.7 * bar["width"], bar
+        print(f"progress on STEM Invert: {on_invert}; bar midway {bar['green']:.0f} of {bar['width']:.0f} px green")
+    else:  # current frontends: the node's own progress fraction
+        assert [f for f in fractions if f] == [k / steps for k in range(1, steps + 1)], fractions
+        print(f"progress on STEM Invert (node fraction): {fractions}")
