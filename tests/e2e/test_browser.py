@@ -236,7 +236,19 @@ def test_workflow_in_browser(page, server, server_input, run, path):
     if name == README_SOURCE and os.environ.get("STEM_UPDATE_DOCS") == "1":
         # refresh the README's picture only on request, so a test run never changes tracked files
         README_IMAGE.parent.mkdir(parents=True, exist_ok=True)
-        README_IMAGE.write_bytes(_small_png(shot))
+        # a wide viewport, so the editor draws the graph near full scale with its titles and widgets (below
+        # scale 0.6 litegraph leaves text out), then shrunk to fit
+        page.call("Emulation.setDeviceMetricsOverride", width=2 * VIEW_W, height=VIEW_H, deviceScaleFactor=1,
+                  mobile=False)
+        resize = "window.dispatchEvent(new Event('resize')); new Promise(r => setTimeout(r, 300))"
+        try:
+            page.js(resize)  # the editor sizes its canvas to the window on resize
+            wide = _screenshot(page, f"{name}_wide")
+        finally:
+            page.call("Emulation.setDeviceMetricsOverride", width=VIEW_W, height=VIEW_H, deviceScaleFactor=1,
+                      mobile=False)
+            page.js(resize)
+        README_IMAGE.write_bytes(_small_png(wide))
         assert README_IMAGE.stat().st_size < README_MAX_BYTES
 
     # 1. no missing-node warning, nothing unknown, no page errors
